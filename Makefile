@@ -1,0 +1,63 @@
+# SPDX-License-Identifier: GPL-2.0
+#
+# dm-snap-rs: out-of-tree Rust device-mapper snapshot targets.
+#
+#   make                 build dm_snap_rs.ko (against KDIR, or the cached test kernel)
+#   make check           everything: unit tests + in-VM selftests, ends "N passed, N failed"
+#   make demo            boot the VM and show snapshots on null_blk
+#   make KDIR=<tree>     build against any Rust-enabled 6.12 build tree
+#   make rust-analyzer   write rust-project.json for editors
+#   make clippy | fmt    lint with CLIPPY=1 / format with rustfmt
+
+ifneq ($(KERNELRELEASE),)
+include $(src)/Kbuild
+else
+
+ROOT := $(CURDIR)
+# Without KDIR, use (and if needed build) the cached debug test kernel.
+ifeq ($(KDIR),)
+KDIR_AUTO := 1
+KDIR = $(shell $(ROOT)/scripts/build-kernel --print-kdir debug)
+endif
+export PATH := /usr/lib/llvm-19/bin:$(HOME)/.cargo/bin:$(PATH)
+KMAKE = $(MAKE) -C $(KDIR) M=$(ROOT) LLVM=1 RUSTC=/usr/bin/rustc BINDGEN=bindgen CLIPPY_DRIVER=/usr/bin/clippy-driver
+
+.PHONY: all module kernel clean check demo bench rust-analyzer clippy fmt unit
+
+all: module
+
+kernel:
+ifdef KDIR_AUTO
+	@$(ROOT)/scripts/setup >/dev/null
+	@$(ROOT)/scripts/build-kernel debug >/dev/null
+endif
+
+module: kernel
+	+$(KMAKE) modules
+
+clippy: kernel
+	+$(KMAKE) CLIPPY=1 modules
+
+fmt:
+	rustfmt --edition 2021 --config-path $(ROOT)/.rustfmt.toml rust/dm_snap.rs
+
+unit:
+	cargo test --quiet
+
+check:
+	$(ROOT)/scripts/check
+
+demo:
+	$(ROOT)/scripts/demo
+
+bench:
+	$(ROOT)/scripts/bench
+
+rust-analyzer: kernel
+	$(ROOT)/scripts/rust-analyzer $(KDIR) > $(ROOT)/rust-project.json
+
+clean:
+	-[ -d "$(KDIR)" ] && $(KMAKE) clean
+	rm -f rust/bindings_generated.rs rust-project.json
+
+endif

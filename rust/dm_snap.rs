@@ -1,0 +1,51 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! dm_snap_rs: the device-mapper snapshot targets in Rust.
+//!
+//! Registers `snapshot`, `snapshot-origin` and `snapshot-merge`, a drop-in
+//! for upstream's `drivers/md/dm-snap*.c`: same table lines, status strings,
+//! `ti->error` texts and target versions. Like the C module, it cannot be
+//! loaded while `dm-snapshot.ko` is (dm refuses a second registration of the
+//! same target name).
+//!
+//! Layout: [`dm`] is the only place with `unsafe` FFI to device-mapper and
+//! the block layer; [`logic`] is pure code shared with userspace tests;
+//! `snap` holds the targets, written against [`dm`]'s safe types.
+
+use kernel::prelude::*;
+
+mod bindings;
+pub mod dm;
+pub mod logic;
+mod snap;
+
+module! {
+    type: DmSnapModule,
+    name: "dm_snap_rs",
+    author: "dm-snap-rs developers",
+    description: "device-mapper snapshot, snapshot-origin and snapshot-merge targets (Rust)",
+    license: "GPL",
+}
+
+/// The module: holds the three target registrations; dropping it
+/// unregisters them, which dm only allows once no table uses them (the
+/// module reference each table holds makes `rmmod` fail before that).
+struct DmSnapModule {
+    _snapshot: dm::Registration<snap::snapshot::Snapshot>,
+    _origin: dm::Registration<snap::origin::Origin>,
+    _merge: dm::Registration<snap::snapshot::SnapshotMerge>,
+}
+
+impl kernel::Module for DmSnapModule {
+    fn init(module: &'static ThisModule) -> Result<Self> {
+        // Same registration order as dm_snapshot_init().
+        let snapshot = dm::Registration::new(module)?;
+        let origin = dm::Registration::new(module)?;
+        let merge = dm::Registration::new(module)?;
+        Ok(Self {
+            _snapshot: snapshot,
+            _origin: origin,
+            _merge: merge,
+        })
+    }
+}

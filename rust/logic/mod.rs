@@ -1,0 +1,8 @@
+//! Pure logic of the snapshot targets, free of kernel types.
+//!
+//! Everything here uses `core` only, so the same source is compiled into the
+//! kernel module (as `crate::logic`) and into the userspace crate
+//! `dm_snap_logic` (see `Cargo.toml`), where `cargo test` exercises it.
+
+pub mod args;
+pub mod table;
