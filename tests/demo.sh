@@ -6,7 +6,7 @@ set -e
 echo "== dm_snap_rs demo: $(uname -r), $(nproc) CPUs =="
 run insmod "$KO"
 run dmsetup targets
-NB=$(nullb_create demo 256)
+NB=$(nullb_create nb_demo 256)
 echo; echo "# null_blk disk $NB: $(blockdev --getsz "$NB") sectors, memory-backed"
 run sh -c "echo '0 $(blockdev --getsz "$NB") snapshot-origin $NB' | dmsetup create demo-origin"
 run dmsetup ls --target snapshot-origin
@@ -25,5 +25,5 @@ echo; echo "# the module cannot go while the table uses it:"
 rmmod dm_snap_rs || true
 run dmsetup remove demo-origin
 run rmmod dm_snap_rs
-nullb_remove demo
+nullb_remove nb_demo
 echo; echo "== demo done =="

@@ -5,4 +5,6 @@
 //! `dm_snap_logic` (see `Cargo.toml`), where `cargo test` exercises it.
 
 pub mod args;
+pub mod chunk;
+pub mod exception_table;
 pub mod table;

@@ -15,10 +15,11 @@ for tv in "snapshot v1.16.0" "snapshot-origin v1.9.0" "snapshot-merge v1.5.0"; d
 done
 
 # --- data through snapshot-origin -----------------------------------------
-NB=$(nullb_create o1 64)
+NB=$(nullb_create nb_o1 64)
+need_blk "null_blk disk created" "$NB"
 SECTORS=$(blockdev --getsz "$NB")
 echo "0 $SECTORS snapshot-origin $NB" | dmsetup create rs-origin
-check "snapshot-origin table on null_blk created" test -b $DM/rs-origin
+need_blk "snapshot-origin table on null_blk created" $DM/rs-origin
 pattern /tmp/pat 16
 dd if=/tmp/pat of=$DM/rs-origin bs=64k oflag=direct 2>/dev/null
 expect_eq "data written through the origin reads back from the device" \
@@ -53,7 +54,8 @@ check "suspend/resume keeps the origin working" \
 dmsetup remove rs-origin
 
 # --- bad table lines (the same set goes to the C driver below) ------------
-NB2=$(nullb_create o2 16)
+NB2=$(nullb_create nb_o2 16)
+need_blk "second null_blk disk created" "$NB2"
 BAD_LINES="0 1000 snapshot-origin
 0 1000 snapshot-origin $NB $NB2
 0 1000 snapshot-origin /dev/does-not-exist
@@ -80,6 +82,7 @@ check "module unloads when no table uses it" rmmod dm_snap_rs
 # --- the C driver, same steps ---------------------------------------------
 modprobe dm-snapshot
 echo "0 $SECTORS snapshot-origin $NB" | dmsetup create c-origin
+need_blk "C driver's snapshot-origin created" $DM/c-origin
 C_DISCARD=$(blkdiscard -o 0 -l 65536 $DM/c-origin >/dev/null 2>&1 && echo supported || echo refused)
 expect_eq "table string identical to the C driver's" "$(dmsetup table c-origin)" "$RS_TABLE"
 expect_eq "status string identical to the C driver's" "$(dmsetup status c-origin)" "$RS_STATUS"
@@ -98,5 +101,5 @@ while IFS='|' read -r i line c r; do
 	expect_eq "bad line '$line' refused with upstream's text" "$c" "$r"
 done </tmp/cmp
 rmmod dm_snapshot
-nullb_remove o1; nullb_remove o2
+nullb_remove nb_o1; nullb_remove nb_o2
 summary

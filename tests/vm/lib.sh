@@ -17,6 +17,10 @@ check() { local n=$1; shift; if out=$("$@" 2>&1); then ok "$n"; else fail "$n" "
 expect_eq() {
 	if [ "$2" = "$3" ]; then ok "$1"; else fail "$1" "want: '$2'" "got:  '$3'"; fi
 }
+# need_blk NAME DEV: the suite cannot go on without block device DEV.
+need_blk() {
+	if [ -b "$2" ]; then ok "$1"; else fail "$1" "$2 is not a block device: bailing out"; summary; exit 1; fi
+}
 summary() {
 	echo "1..$T_N"
 	echo "# totals: pass:$T_PASS fail:$T_FAIL"
@@ -44,7 +48,9 @@ nullb_create() {
 	echo 1 >"$d/memory_backed"
 	echo 2 >"$d/queue_mode"
 	echo 1 >"$d/power"
-	echo "/dev/$(cat "$d/index" | sed 's/^/nullb/')"
+	# null_blk names a configfs-made disk after its directory.
+	local i=0; while [ ! -b "/dev/$1" ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
+	echo "/dev/$1"
 }
 nullb_remove() {
 	local d=/sys/kernel/config/nullb/$1

@@ -1,0 +1,275 @@
+//! The exception hash tables: buckets of singly linked exceptions, each
+//! bucket locked by bit 0 of its head word, as `hlist_bl` does.
+//!
+//! One [`ExceptionTable`] type serves both of a snapshot's tables, as in
+//! upstream's `dm-snap.c`: the complete table (`hash_shift` 8, entries kept
+//! sorted and merged into runs of consecutive chunks, the run length in the
+//! top 8 bits of `new_chunk`), and the pending table (`hash_shift` 0, no
+//! merging). The bucket lock is a [`BucketLock`]: the kernel module locks
+//! the head with `hlist_bl_lock()` (a bit spinlock, preemption off), the
+//! userspace tests with [`SpinBit`]. Entries are owned by the caller, which
+//! allocates them before taking a bucket lock and frees what the table hands
+//! back after dropping it, so no allocation ever happens under the lock.
+
+use super::chunk::Chunk;
+use core::marker::PhantomData;
+use core::ptr::{self, NonNull};
+use core::sync::atomic::{AtomicUsize, Ordering};
+
+/// Bits of `new_chunk` that hold the COW chunk number.
+pub const CHUNK_NUMBER_BITS: u32 = 56;
+const CHUNK_NUMBER_MASK: u64 = (1 << CHUNK_NUMBER_BITS) - 1;
+/// Longest run of consecutive chunks one entry can describe, less one.
+pub const MAX_CONSECUTIVE: u64 = (1 << (64 - CHUNK_NUMBER_BITS)) - 1;
+
+/// An exception: origin chunk `old_chunk` (and the `count` chunks after
+/// it) live in the COW from chunk `new_chunk`. `repr(C)` so that a pending
+/// exception can embed one as its first field.
+#[repr(C)]
+#[derive(Debug)]
+pub struct Exception {
+    next: *mut Exception,
+    /// First origin chunk of the run.
+    pub old_chunk: Chunk,
+    /// COW chunk of `old_chunk`, with the run length in the top 8 bits.
+    pub new_chunk: u64,
+}
+
+// SAFETY: `next` is only touched under the lock of the bucket the entry is
+// in, or by the owner of an entry that is in no table.
+unsafe impl Send for Exception {}
+// SAFETY: as for `Send`.
+unsafe impl Sync for Exception {}
+
+impl Exception {
+    /// A single-chunk exception, not in any table.
+    pub const fn new(old_chunk: Chunk, new_chunk: Chunk) -> Self {
+        Self {
+            next: ptr::null_mut(),
+            old_chunk,
+            new_chunk,
+        }
+    }
+
+    /// COW chunk of `old_chunk`.
+    pub fn chunk_number(&self) -> Chunk {
+        self.new_chunk & CHUNK_NUMBER_MASK
+    }
+
+    /// Chunks after `old_chunk` in this run (0 for a single chunk).
+    pub fn consecutive(&self) -> u64 {
+        self.new_chunk >> CHUNK_NUMBER_BITS
+    }
+
+    /// True if the run covers `chunk`.
+    pub fn covers(&self, chunk: Chunk) -> bool {
+        chunk >= self.old_chunk && chunk <= self.old_chunk + self.consecutive()
+    }
+
+    /// COW chunk of `chunk`, which the run must cover.
+    pub fn remap(&self, chunk: Chunk) -> Chunk {
+        self.chunk_number() + (chunk - self.old_chunk)
+    }
+}
+
+/// Locks and unlocks bit 0 of a bucket head word.
+pub trait BucketLock {
+    /// Spins until bit 0 is ours (with the kernel's bit spinlock semantics:
+    /// preemption disabled until [`BucketLock::unlock`]).
+    fn lock(head: &AtomicUsize);
+    /// Releases bit 0.
+    fn unlock(head: &AtomicUsize);
+}
+
+/// A plain spinning bit lock, for userspace.
+pub struct SpinBit;
+
+impl BucketLock for SpinBit {
+    fn lock(head: &AtomicUsize) {
+        while head.fetch_or(1, Ordering::Acquire) & 1 != 0 {
+            while head.load(Ordering::Relaxed) & 1 != 0 {
+                core::hint::spin_loop();
+            }
+        }
+    }
+    fn unlock(head: &AtomicUsize) {
+        head.fetch_and(!1, Ordering::Release);
+    }
+}
+
+/// A hash table of exceptions over bucket heads `H` (a slice of words,
+/// zeroed, a power of two of them), locked with `L`.
+pub struct ExceptionTable<H: AsRef<[AtomicUsize]>, L: BucketLock> {
+    heads: H,
+    mask: u64,
+    hash_shift: u32,
+    _lock: PhantomData<L>,
+}
+
+impl<H: AsRef<[AtomicUsize]>, L: BucketLock> ExceptionTable<H, L> {
+    /// A table over `heads`; `hash_shift` 8 makes a complete table (runs),
+    /// 0 a pending one. `None` unless the head count is a power of two.
+    pub fn new(heads: H, hash_shift: u32) -> Option<Self> {
+        let n = heads.as_ref().len();
+        if !n.is_power_of_two() {
+            return None;
+        }
+        Some(Self {
+            heads,
+            mask: n as u64 - 1,
+            hash_shift,
+            _lock: PhantomData,
+        })
+    }
+
+    /// Number of buckets.
+    pub fn buckets(&self) -> usize {
+        self.heads.as_ref().len()
+    }
+
+    fn head(&self, chunk: Chunk) -> &AtomicUsize {
+        &self.heads.as_ref()[((chunk >> self.hash_shift) & self.mask) as usize]
+    }
+
+    /// Locks the bucket of `chunk`. Keep the guard short: it spins other
+    /// CPUs, with preemption off in the kernel.
+    pub fn lock(&self, chunk: Chunk) -> Bucket<'_, L> {
+        let head = self.head(chunk);
+        L::lock(head);
+        Bucket {
+            head,
+            merge: self.hash_shift != 0,
+            _lock: PhantomData,
+        }
+    }
+
+    /// Unlinks every entry and passes it to `free`; needs no lock, since
+    /// `&mut self` excludes every other user.
+    pub fn drain(&mut self, mut free: impl FnMut(NonNull<Exception>)) {
+        for head in self.heads.as_ref() {
+            let mut p = (head.swap(0, Ordering::Relaxed) & !1) as *mut Exception;
+            while let Some(e) = NonNull::new(p) {
+                // SAFETY: entries in a table are valid until removed; this
+                // one is unlinked now and handed to its owner.
+                p = unsafe { (*e.as_ptr()).next };
+                free(e);
+            }
+        }
+    }
+}
+
+/// A locked bucket; unlocked on drop.
+pub struct Bucket<'a, L: BucketLock> {
+    head: &'a AtomicUsize,
+    merge: bool,
+    _lock: PhantomData<L>,
+}
+
+impl<L: BucketLock> Bucket<'_, L> {
+    fn first(&self) -> *mut Exception {
+        (self.head.load(Ordering::Relaxed) & !1) as *mut Exception
+    }
+
+    fn set_first(&self, e: *mut Exception) {
+        // Keep bit 0 (our lock) set.
+        self.head.store(e as usize | 1, Ordering::Relaxed);
+    }
+
+    /// The entry covering `chunk`, if any (only valid while locked).
+    pub fn lookup(&self, chunk: Chunk) -> Option<NonNull<Exception>> {
+        let mut p = self.first();
+        while let Some(e) = NonNull::new(p) {
+            // SAFETY: entries linked in a locked bucket are valid.
+            let r = unsafe { e.as_ref() };
+            if r.covers(chunk) {
+                return Some(e);
+            }
+            p = r.next;
+        }
+        None
+    }
+
+    /// Inserts `new`. In a complete table the bucket stays sorted by
+    /// `old_chunk` and a `new` adjacent to a run in both old and new chunk
+    /// extends it (`dm_insert_exception`); then `new` is not linked and is
+    /// returned for the caller to free after unlocking.
+    ///
+    /// # Safety
+    ///
+    /// `new` must be valid, in no table, and stay valid until removed.
+    pub unsafe fn insert(&mut self, new: NonNull<Exception>) -> Option<NonNull<Exception>> {
+        let n = new.as_ptr();
+        if !self.merge {
+            // SAFETY: `new` is valid and unlinked (caller).
+            unsafe { (*n).next = self.first() };
+            self.set_first(n);
+            return None;
+        }
+        // SAFETY: `new` is valid (caller).
+        let (old, cow) = unsafe { ((*n).old_chunk, (*n).new_chunk) };
+        let mut prev: *mut Exception = ptr::null_mut();
+        let mut p = self.first();
+        while let Some(e) = NonNull::new(p) {
+            // SAFETY: entries linked in a locked bucket are valid, and we
+            // hold the lock, so we may change them.
+            let e = unsafe { &mut *e.as_ptr() };
+            let count = e.consecutive();
+            if count < MAX_CONSECUTIVE {
+                if old == e.old_chunk + count + 1 && cow == e.chunk_number() + count + 1 {
+                    e.new_chunk += 1 << CHUNK_NUMBER_BITS;
+                    return Some(new);
+                }
+                if old + 1 == e.old_chunk && cow + 1 == e.chunk_number() {
+                    e.new_chunk += 1 << CHUNK_NUMBER_BITS;
+                    e.old_chunk -= 1;
+                    e.new_chunk -= 1;
+                    return Some(new);
+                }
+            }
+            if old < e.old_chunk {
+                break;
+            }
+            prev = e;
+            p = e.next;
+        }
+        // SAFETY: `new` is valid and unlinked; `prev` is a linked entry.
+        unsafe {
+            (*n).next = p;
+            match prev.is_null() {
+                true => self.set_first(n),
+                false => (*prev).next = n,
+            }
+        }
+        None
+    }
+
+    /// Unlinks `e` if it is in this bucket; true if it was.
+    pub fn remove(&mut self, e: NonNull<Exception>) -> bool {
+        let target = e.as_ptr();
+        let mut prev: *mut Exception = ptr::null_mut();
+        let mut p = self.first();
+        while !p.is_null() {
+            // SAFETY: entries linked in a locked bucket are valid.
+            let next = unsafe { (*p).next };
+            if p == target {
+                match prev.is_null() {
+                    true => self.set_first(next),
+                    // SAFETY: `prev` is a linked entry and we hold the lock.
+                    false => unsafe { (*prev).next = next },
+                }
+                // SAFETY: `p` is valid; it is now unlinked.
+                unsafe { (*p).next = ptr::null_mut() };
+                return true;
+            }
+            prev = p;
+            p = next;
+        }
+        false
+    }
+}
+
+impl<L: BucketLock> Drop for Bucket<'_, L> {
+    fn drop(&mut self) {
+        L::unlock(self.head);
+    }
+}
