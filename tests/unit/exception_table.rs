@@ -1,0 +1,153 @@
+//! Userspace tests of the exception tables and chunk arithmetic, including
+//! concurrent use of the bit-locked buckets from several threads.
+
+use dm_snap_logic::chunk::{table_sizes, ChunkGeometry, MAX_TABLE_BYTES};
+use dm_snap_logic::exception_table::{Exception, ExceptionTable, SpinBit};
+use std::ptr::NonNull;
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+
+type Table = ExceptionTable<Vec<AtomicUsize>, SpinBit>;
+
+fn table(buckets: usize, shift: u32) -> Table {
+    ExceptionTable::new((0..buckets).map(|_| AtomicUsize::new(0)).collect(), shift).unwrap()
+}
+
+fn boxed(old: u64, new: u64) -> NonNull<Exception> {
+    NonNull::from(Box::leak(Box::new(Exception::new(old, new))))
+}
+
+fn free_all(t: &mut Table) -> usize {
+    let mut n = 0;
+    t.drain(|e| {
+        drop(unsafe { Box::from_raw(e.as_ptr()) });
+        n += 1;
+    });
+    n
+}
+
+/// Inserts (old, new) pairs into a complete table; returns how many entries
+/// were merged away.
+fn insert_all(t: &Table, pairs: &[(u64, u64)]) -> usize {
+    let mut merged = 0;
+    for &(o, n) in pairs {
+        let mut b = t.lock(o);
+        if let Some(e) = unsafe { b.insert(boxed(o, n)) } {
+            drop(b);
+            drop(unsafe { Box::from_raw(e.as_ptr()) });
+            merged += 1;
+        }
+    }
+    merged
+}
+
+fn lookup(t: &Table, chunk: u64) -> Option<u64> {
+    let b = t.lock(chunk);
+    b.lookup(chunk).map(|e| unsafe { e.as_ref() }.remap(chunk))
+}
+
+#[test]
+fn geometry() {
+    let g = ChunkGeometry::new(16).unwrap();
+    assert_eq!((g.sectors(), g.bytes(), g.shift()), (16, 8192, 4));
+    assert_eq!(g.chunk_of(35), 2);
+    assert_eq!(g.sector_of(2), 32);
+    assert_eq!(g.remap(35, 7), 7 * 16 + 3);
+    assert_eq!(g.copy_len(2, 40), 8);
+    assert_eq!(g.copy_len(1, 40), 16);
+    assert!(ChunkGeometry::new(12).is_none());
+}
+
+#[test]
+fn sizes_as_upstream() {
+    let max = MAX_TABLE_BYTES / 16;
+    // Tiny COW: at least 64 buckets in both tables.
+    assert_eq!(table_sizes(128, 4, max), (64, 64));
+    // 1 GiB COW, 4 KiB chunks: 262144 chunks capped at 131072 buckets.
+    assert_eq!(table_sizes(2 << 20, 3, max), (131072, 16384));
+    // Not a power of two: rounded down.
+    assert_eq!(table_sizes(1000 << 4, 4, max), (512, 64));
+}
+
+#[test]
+fn runs_merge_both_ways_and_lookups_remap() {
+    let mut t = table(64, 8);
+    // 10->100, 11->101, 9->99 form one run; 20->300 stands alone.
+    let merged = insert_all(&t, &[(10, 100), (11, 101), (20, 300), (9, 99)]);
+    assert_eq!(merged, 2);
+    for (c, want) in [(9, 99), (10, 100), (11, 101), (20, 300)] {
+        assert_eq!(lookup(&t, c), Some(want), "chunk {c}");
+    }
+    assert_eq!(lookup(&t, 12), None);
+    assert_eq!(lookup(&t, 8), None);
+    assert_eq!(free_all(&mut t), 2);
+}
+
+#[test]
+fn no_merge_when_cow_chunks_not_adjacent() {
+    let mut t = table(64, 8);
+    assert_eq!(insert_all(&t, &[(1, 5), (2, 9), (3, 6)]), 0);
+    assert_eq!(lookup(&t, 2), Some(9));
+    assert_eq!(free_all(&mut t), 3);
+}
+
+#[test]
+fn runs_stay_within_a_256_chunk_group() {
+    let mut t = table(64, 8);
+    let pairs: Vec<_> = (0..1024u64).map(|c| (c, c + 5000)).collect();
+    insert_all(&t, &pairs);
+    for c in 0..1024 {
+        assert_eq!(lookup(&t, c), Some(c + 5000));
+    }
+    // One run per group of 256 chunks.
+    assert_eq!(free_all(&mut t), 4);
+}
+
+#[test]
+fn pending_table_removes() {
+    let mut t = table(64, 0);
+    let a = boxed(7, 1);
+    let b = boxed(71, 2);
+    for e in [a, b] {
+        let c = unsafe { e.as_ref() }.old_chunk;
+        assert!(unsafe { t.lock(c).insert(e) }.is_none());
+    }
+    assert!(t.lock(7).lookup(7).is_some());
+    assert!(t.lock(7).remove(a));
+    assert!(!t.lock(7).remove(a));
+    assert!(t.lock(7).lookup(7).is_none());
+    assert!(t.lock(71).lookup(71).is_some());
+    drop(unsafe { Box::from_raw(a.as_ptr()) });
+    assert_eq!(free_all(&mut t), 1);
+}
+
+#[test]
+fn concurrent_inserts_and_lookups_from_threads() {
+    // 4 threads insert interleaved chunks into a small table (many threads
+    // per bucket) while looking up what they inserted; the result must be
+    // exactly the union, whatever the interleaving.
+    let t = Arc::new(table(64, 8));
+    let threads = 4u64;
+    let per = 5000u64;
+    let hs: Vec<_> = (0..threads)
+        .map(|id| {
+            let t = Arc::clone(&t);
+            std::thread::spawn(move || {
+                for i in 0..per {
+                    let c = i * threads + id;
+                    insert_all(&t, &[(c, c + 1_000_000)]);
+                    assert_eq!(lookup(&t, c), Some(c + 1_000_000));
+                }
+            })
+        })
+        .collect();
+    for h in hs {
+        h.join().unwrap();
+    }
+    for c in 0..threads * per {
+        assert_eq!(lookup(&t, c), Some(c + 1_000_000), "chunk {c}");
+    }
+    let mut t = Arc::try_unwrap(t).ok().unwrap();
+    let entries = free_all(&mut t);
+    assert!(entries >= (threads * per / 256) as usize && entries < (threads * per) as usize);
+}
