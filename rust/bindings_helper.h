@@ -12,3 +12,6 @@
 #include <linux/dm-kcopyd.h>
 #include <linux/list_bl.h>
 #include "helpers.h"
+
+/* Constants that are macros with casts, which bindgen cannot evaluate. */
+const blk_status_t DMSR_BLK_STS_IOERR = BLK_STS_IOERR;

@@ -18,6 +18,7 @@ mod bindings;
 pub mod dm;
 pub mod logic;
 mod snap;
+pub mod sync;
 
 module! {
     type: DmSnapModule,
@@ -31,13 +32,29 @@ module! {
 /// unregisters them, which dm only allows once no table uses them (the
 /// module reference each table holds makes `rmmod` fail before that).
 struct DmSnapModule {
+    // Fields drop in order: the targets go before the registry they use.
     _snapshot: dm::Registration<snap::snapshot::Snapshot>,
     _origin: dm::Registration<snap::origin::Origin>,
     _merge: dm::Registration<snap::snapshot::SnapshotMerge>,
+    _registry: RegistryHolder,
+}
+
+/// Keeps the origin registry alive and reachable until the module goes.
+struct RegistryHolder {
+    _registry: Pin<KBox<snap::registry::Registry>>,
+}
+
+impl Drop for RegistryHolder {
+    fn drop(&mut self) {
+        snap::registry::Registry::uninstall();
+    }
 }
 
 impl kernel::Module for DmSnapModule {
     fn init(module: &'static ThisModule) -> Result<Self> {
+        let registry = RegistryHolder {
+            _registry: snap::registry::Registry::install()?,
+        };
         // Same registration order as dm_snapshot_init().
         let snapshot = dm::Registration::new(module)?;
         let origin = dm::Registration::new(module)?;
@@ -46,6 +63,7 @@ impl kernel::Module for DmSnapModule {
             _snapshot: snapshot,
             _origin: origin,
             _merge: merge,
+            _registry: registry,
         })
     }
 }

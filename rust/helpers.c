@@ -1,10 +1,42 @@
 // SPDX-License-Identifier: GPL-2.0
 /* C helpers for dm_snap_rs: see helpers.h. */
+#include <linux/delay.h>
+#include <linux/module.h>
+#include <linux/slab.h>
 #include "helpers.h"
+
+/* Module parameters, with upstream's names, defaults and descriptions. */
+static unsigned int cow_threshold = 2048;
+module_param_named(snapshot_cow_threshold, cow_threshold, uint, 0644);
+MODULE_PARM_DESC(snapshot_cow_threshold, "Maximum number of chunks being copied on write");
+
+DECLARE_DM_KCOPYD_THROTTLE_WITH_MODULE_PARM(snapshot_copy_throttle,
+		"A percentage of time allocated for copy on write");
+
+unsigned int dmsr_cow_threshold(void)
+{
+	return READ_ONCE(cow_threshold);
+}
+
+struct dm_kcopyd_client *dmsr_kcopyd_client_create(void)
+{
+	return dm_kcopyd_client_create(&dm_kcopyd_throttle);
+}
 
 void dmsr_bio_set_dev(struct bio *bio, struct block_device *bdev)
 {
 	bio_set_dev(bio, bdev);
+}
+
+void dmsr_bio_endio_status(struct bio *bio, blk_status_t status)
+{
+	bio->bi_status = status;
+	bio_endio(bio);
+}
+
+unsigned int dmsr_bio_target_nr(const struct bio *bio)
+{
+	return dm_bio_get_target_bio_nr(bio);
 }
 
 sector_t dmsr_bdev_nr_sectors(struct block_device *bdev)
@@ -15,4 +47,36 @@ sector_t dmsr_bdev_nr_sectors(struct block_device *bdev)
 unsigned int dmsr_bdev_logical_block_size(struct block_device *bdev)
 {
 	return bdev_logical_block_size(bdev);
+}
+
+void dmsr_hlist_bl_lock(struct hlist_bl_head *b)
+{
+	hlist_bl_lock(b);
+}
+
+void dmsr_hlist_bl_unlock(struct hlist_bl_head *b)
+{
+	hlist_bl_unlock(b);
+}
+
+mempool_t *dmsr_mempool_create(int min_nr, size_t size)
+{
+	return mempool_create_kmalloc_pool(min_nr, size);
+}
+
+void *dmsr_mempool_alloc_noio(mempool_t *pool)
+{
+	return mempool_alloc(pool, GFP_NOIO);
+}
+
+void *dmsr_alloc_noio_atomic(size_t size)
+{
+	void *p = kmalloc(size, GFP_NOIO);
+
+	return p ? p : kmalloc(size, GFP_ATOMIC);
+}
+
+void dmsr_fsleep(unsigned long usecs)
+{
+	fsleep(usecs);
 }

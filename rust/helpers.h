@@ -1,16 +1,44 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /*
- * C helpers for the static inlines and macros dm_snap_rs needs: bindgen can
- * only bind real functions. Each is a one-line forward to the kernel's own.
+ * C helpers for the static inlines, macros and module parameters dm_snap_rs
+ * needs: bindgen can only bind real functions. Each is a short forward to
+ * the kernel's own.
  */
 #ifndef DM_SNAP_RS_HELPERS_H
 #define DM_SNAP_RS_HELPERS_H
 
 #include <linux/bio.h>
 #include <linux/blkdev.h>
+#include <linux/device-mapper.h>
+#include <linux/dm-kcopyd.h>
+#include <linux/list_bl.h>
+#include <linux/mempool.h>
+
+/* Exported by dm-mod but declared only in its private drivers/md/dm.h. */
+void dm_internal_suspend_fast(struct mapped_device *md);
+void dm_internal_resume_fast(struct mapped_device *md);
 
 void dmsr_bio_set_dev(struct bio *bio, struct block_device *bdev);
+void dmsr_bio_endio_status(struct bio *bio, blk_status_t status);
+unsigned int dmsr_bio_target_nr(const struct bio *bio);
 sector_t dmsr_bdev_nr_sectors(struct block_device *bdev);
 unsigned int dmsr_bdev_logical_block_size(struct block_device *bdev);
+
+/* hlist_bl bucket locks: bit 0 of the head, preemption off while held. */
+void dmsr_hlist_bl_lock(struct hlist_bl_head *b);
+void dmsr_hlist_bl_unlock(struct hlist_bl_head *b);
+
+/* A kmalloc-backed mempool: allocations wait instead of failing. */
+mempool_t *dmsr_mempool_create(int min_nr, size_t size);
+void *dmsr_mempool_alloc_noio(mempool_t *pool);
+/* A completed exception: GFP_NOIO, then GFP_ATOMIC, as upstream. */
+void *dmsr_alloc_noio_atomic(size_t size);
+
+/* kcopyd client using the module's snapshot_copy_throttle parameter. */
+struct dm_kcopyd_client *dmsr_kcopyd_client_create(void);
+/* The snapshot_cow_threshold module parameter. */
+unsigned int dmsr_cow_threshold(void);
+
+void dmsr_fsleep(unsigned long usecs);
 
 #endif

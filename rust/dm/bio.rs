@@ -1,14 +1,21 @@
-//! Bios as a target sees them in `map`.
+//! Bios as targets see them: borrowed ([`Bio`]) while dm core owns them,
+//! owned ([`OwnedBio`]) once a target has taken one in `map`, and queued
+//! ([`BioList`]) while they wait for a copy-on-write.
 //!
 //! C header: [`include/linux/blk_types.h`](srctree/include/linux/blk_types.h).
+//!
+//! An `OwnedBio` must be submitted, ended, or handed back to dm core; a
+//! dropped one is ended with an I/O error rather than leaked, so a lost bio
+//! fails loudly instead of hanging its submitter.
 
 use super::device::TableDev;
 use crate::bindings as sys;
+use core::ops::{Deref, DerefMut};
+use core::ptr::{self, NonNull};
 use kernel::bindings;
 use kernel::types::Opaque;
 
-/// A bio handed to a target by dm core. Only ever seen by reference, for the
-/// duration of the callback that received it.
+/// A bio: the fields and operations targets use.
 #[repr(transparent)]
 pub struct Bio(Opaque<bindings::bio>);
 
@@ -18,7 +25,7 @@ impl Bio {
     /// # Safety
     ///
     /// `ptr` must point to a valid bio that stays valid and is not accessed
-    /// elsewhere for `'a` (dm core guarantees this within `map`/`end_io`).
+    /// elsewhere for `'a`.
     pub(crate) unsafe fn from_raw<'a>(ptr: *mut bindings::bio) -> &'a mut Bio {
         // SAFETY: `Bio` is `repr(transparent)` over `Opaque<bio>`; validity and
         // exclusivity come from the caller.
@@ -39,7 +46,7 @@ impl Bio {
         self.opf() & REQ_OP_MASK
     }
 
-    /// Data direction is write (`op_is_write`): writes, discards, flushes.
+    /// Data direction is write (`op_is_write`): writes, discards, ...
     pub fn is_write(&self) -> bool {
         self.op() & 1 != 0
     }
@@ -72,6 +79,12 @@ impl Bio {
         unsafe { (*self.raw()).bi_iter.bi_size >> 9 }
     }
 
+    /// Which of the `num_flush_bios`/`num_discard_bios` copies this is.
+    pub fn target_nr(&self) -> u32 {
+        // SAFETY: the bio is a dm clone being mapped (`from_raw` contract).
+        unsafe { sys::dmsr_bio_target_nr(self.raw()) }
+    }
+
     /// Points the bio at `dev`.
     pub fn set_dev(&mut self, dev: &TableDev) {
         // SAFETY: the bio is valid and ours to change; `dev` holds its bdev.
@@ -83,5 +96,197 @@ impl Bio {
     pub fn accept_partial(&mut self, sectors: u32) {
         // SAFETY: the bio is valid and is being mapped (`from_raw` contract).
         unsafe { sys::dm_accept_partial_bio(self.raw(), sectors) };
+    }
+}
+
+/// What `map` did with a bio; built only by consuming the [`OwnedBio`]
+/// (`remap`, `kill`) or after keeping it (`submitted`), so a target cannot
+/// both keep a bio and hand it back.
+#[must_use]
+pub struct Mapped(pub(crate) u32);
+
+impl Mapped {
+    /// The target kept the bio (queued, submitted or ended it itself).
+    pub fn submitted() -> Self {
+        Mapped(sys::DM_MAPIO_SUBMITTED)
+    }
+}
+
+/// A bio this code is responsible for completing.
+///
+/// # Invariants
+///
+/// `0` is a valid bio that nobody else will submit or end.
+pub struct OwnedBio(NonNull<bindings::bio>);
+
+// SAFETY: a bio may be submitted or ended from any thread.
+unsafe impl Send for OwnedBio {}
+
+impl OwnedBio {
+    /// # Safety
+    ///
+    /// `ptr` is a valid bio whose completion the caller hands over.
+    pub(crate) unsafe fn from_raw(ptr: NonNull<bindings::bio>) -> Self {
+        Self(ptr)
+    }
+
+    fn into_raw(self) -> *mut bindings::bio {
+        let p = self.0.as_ptr();
+        core::mem::forget(self);
+        p
+    }
+
+    /// Gives the bio back to dm core to submit (`DM_MAPIO_REMAPPED`).
+    pub fn remap(self) -> Mapped {
+        self.into_raw();
+        Mapped(sys::DM_MAPIO_REMAPPED)
+    }
+
+    /// Makes dm core fail the bio with an I/O error (`DM_MAPIO_KILL`).
+    pub fn kill(self) -> Mapped {
+        self.into_raw();
+        Mapped(sys::DM_MAPIO_KILL)
+    }
+
+    /// Sends the bio to the device it points at (`submit_bio_noacct`).
+    pub fn submit(self) {
+        // SAFETY: we own the bio (type invariant) and give it to the block
+        // layer, which completes it.
+        unsafe { bindings::submit_bio_noacct(self.into_raw()) };
+    }
+
+    /// Completes the bio, successfully or with an I/O error.
+    pub fn end(self, ok: bool) {
+        let status = if ok { 0 } else { sys::DMSR_BLK_STS_IOERR };
+        // SAFETY: we own the bio (type invariant); this completes it.
+        unsafe { sys::dmsr_bio_endio_status(self.into_raw(), status) };
+    }
+
+    /// Sets `bi_private` (free for the target's own use on a dm clone).
+    pub fn set_private(&mut self, p: *mut core::ffi::c_void) {
+        // SAFETY: we own the bio.
+        unsafe { (*self.0.as_ptr()).bi_private = p };
+    }
+
+    /// Reads `bi_private`.
+    pub fn private(&self) -> *mut core::ffi::c_void {
+        // SAFETY: we own the bio.
+        unsafe { (*self.0.as_ptr()).bi_private }
+    }
+
+    /// Hands the bio over as an opaque job pointer (e.g. kcopyd context);
+    /// [`OwnedBio::from_job`] takes it back.
+    pub fn into_job(self) -> NonNull<bindings::bio> {
+        // SAFETY: `into_raw` returns our valid, non-null bio.
+        unsafe { NonNull::new_unchecked(self.into_raw()) }
+    }
+
+    /// Takes back a bio given away with [`OwnedBio::into_job`].
+    ///
+    /// # Safety
+    ///
+    /// `job` came from `into_job` and is taken back once.
+    pub unsafe fn from_job(job: NonNull<bindings::bio>) -> Self {
+        Self(job)
+    }
+
+    /// The raw bio, for wrappers that redirect its completion.
+    pub(crate) fn as_ptr(&self) -> *mut bindings::bio {
+        self.0.as_ptr()
+    }
+}
+
+impl Deref for OwnedBio {
+    type Target = Bio;
+    fn deref(&self) -> &Bio {
+        // SAFETY: we own a valid bio (type invariant).
+        unsafe { Bio::from_raw(self.0.as_ptr()) }
+    }
+}
+
+impl DerefMut for OwnedBio {
+    fn deref_mut(&mut self) -> &mut Bio {
+        // SAFETY: we own a valid bio (type invariant).
+        unsafe { Bio::from_raw(self.0.as_ptr()) }
+    }
+}
+
+impl Drop for OwnedBio {
+    fn drop(&mut self) {
+        // SAFETY: we own the bio and nobody else will complete it.
+        unsafe { sys::dmsr_bio_endio_status(self.0.as_ptr(), sys::DMSR_BLK_STS_IOERR) };
+    }
+}
+
+/// A FIFO of owned bios linked through `bi_next` (`struct bio_list`): no
+/// allocation, so bios can be queued under a spinlock.
+pub struct BioList {
+    head: *mut bindings::bio,
+    tail: *mut bindings::bio,
+}
+
+// SAFETY: the list owns its bios, which may be completed from any thread.
+unsafe impl Send for BioList {}
+
+impl BioList {
+    /// An empty list.
+    pub const fn new() -> Self {
+        Self {
+            head: ptr::null_mut(),
+            tail: ptr::null_mut(),
+        }
+    }
+
+    /// True when empty.
+    pub fn is_empty(&self) -> bool {
+        self.head.is_null()
+    }
+
+    /// Appends `bio`.
+    pub fn push(&mut self, bio: OwnedBio) {
+        let b = bio.into_raw();
+        // SAFETY: `b` is a bio we own; `tail`, if set, is one we own too.
+        unsafe {
+            (*b).bi_next = ptr::null_mut();
+            match self.tail.is_null() {
+                true => self.head = b,
+                false => (*self.tail).bi_next = b,
+            }
+        }
+        self.tail = b;
+    }
+
+    /// Takes every bio, leaving the list empty.
+    pub fn take(&mut self) -> BioList {
+        core::mem::take(self)
+    }
+
+    /// Removes the first bio.
+    pub fn pop(&mut self) -> Option<OwnedBio> {
+        let b = NonNull::new(self.head)?;
+        // SAFETY: `b` is a bio on our list, so valid and ours.
+        unsafe {
+            self.head = (*b.as_ptr()).bi_next;
+            (*b.as_ptr()).bi_next = ptr::null_mut();
+        }
+        if self.head.is_null() {
+            self.tail = ptr::null_mut();
+        }
+        // SAFETY: the bio was ours; ownership moves to the caller.
+        Some(unsafe { OwnedBio::from_raw(b) })
+    }
+}
+
+impl Default for BioList {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for BioList {
+    fn drop(&mut self) {
+        while let Some(b) = self.pop() {
+            b.end(false);
+        }
     }
 }

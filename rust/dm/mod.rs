@@ -9,10 +9,13 @@
 
 pub mod bio;
 pub mod device;
+pub mod kcopyd;
+pub mod mempool;
 pub mod status;
 pub mod target;
 
 pub use bio::Bio;
 pub use device::TableDev;
 pub use status::{StatusBuf, StatusType};
-pub use target::{CtrError, DeviceVisitor, MapResult, Registration, Setup, Target, TargetOps};
+pub use bio::{BioList, Mapped, OwnedBio};
+pub use target::{CtrError, DeviceVisitor, Registration, Setup, Target, TargetOps, TargetRef};

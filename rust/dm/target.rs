@@ -8,7 +8,8 @@
 //! device and resource it owns. All other hooks borrow it as `&Self`, since
 //! dm core calls them concurrently from many CPUs.
 
-use super::{Bio, StatusBuf, StatusType, TableDev};
+use super::bio::Mapped;
+use super::{Bio, OwnedBio, StatusBuf, StatusType, TableDev};
 use crate::bindings as sys;
 use crate::logic::table::TableError;
 use core::marker::PhantomData;
@@ -46,30 +47,6 @@ impl From<TableError> for CtrError {
     }
 }
 
-/// What `map` did with the bio.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MapResult {
-    /// Remapped to another device: dm core submits it.
-    Remapped,
-    /// The target took the bio and will submit or end it later.
-    Submitted,
-    /// Fail the bio with an I/O error.
-    Kill,
-    /// Push back to dm core for requeue.
-    Requeue,
-}
-
-impl MapResult {
-    fn to_c(self) -> c_int {
-        (match self {
-            MapResult::Remapped => sys::DM_MAPIO_REMAPPED,
-            MapResult::Submitted => sys::DM_MAPIO_SUBMITTED,
-            MapResult::Kill => sys::DM_MAPIO_KILL,
-            MapResult::Requeue => sys::DM_MAPIO_REQUEUE,
-        }) as c_int
-    }
-}
-
 /// A device-mapper target type.
 #[vtable]
 pub trait TargetOps: Sized + Send + Sync + 'static {
@@ -78,11 +55,30 @@ pub trait TargetOps: Sized + Send + Sync + 'static {
     /// Target version reported by `dmsetup targets`.
     const VERSION: [u32; 3];
 
+    /// Per-bio data dm core keeps for this target (`per_io_data_size`),
+    /// reset to its default before `map`; `()` for none.
+    type PerBio: Default;
+
     /// Parses the table arguments and builds the target (`ctr`).
     fn ctr(setup: &mut Setup<'_>, argv: &[&[u8]]) -> Result<Pin<KBox<Self>>, CtrError>;
 
-    /// Maps a bio (`map`).
-    fn map(&self, target: &Target, bio: &mut Bio) -> MapResult;
+    /// Maps a bio (`map`): hand it back remapped or killed, or keep it.
+    fn map(&self, target: &Target, bio: OwnedBio, data: &mut Self::PerBio) -> Mapped;
+
+    /// A mapped bio completed (`end_io`); `data` is what `map` left.
+    fn end_io(&self, _target: &Target, _bio: &Bio, _data: &mut Self::PerBio) {
+        build_error!(kernel::error::VTABLE_DEFAULT_ERROR)
+    }
+
+    /// Adjusts the queue limits of the dm device (`io_hints`).
+    fn io_hints(&self, _target: &Target, _limits: &mut bindings::queue_limits) {
+        build_error!(kernel::error::VTABLE_DEFAULT_ERROR)
+    }
+
+    /// May refuse a resume (`preresume`).
+    fn preresume(&self, _target: &Target) -> Result {
+        build_error!(kernel::error::VTABLE_DEFAULT_ERROR)
+    }
 
     /// Fills `dmsetup status`/`table`/IMA output (`status`).
     fn status(&self, _target: &Target, _kind: StatusType, _out: &mut StatusBuf<'_>) {
@@ -139,6 +135,98 @@ impl Target {
     /// True for a zero-length target (dm core refuses those).
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// A handle that outlives this borrow, for the target's own state.
+    pub fn handle(&self) -> TargetRef {
+        TargetRef(self.raw())
+    }
+}
+
+/// A target kept by its own private data, for use outside hooks (events,
+/// table size, the mapped device).
+///
+/// # Invariants
+///
+/// The target is alive: a `TargetRef` is only kept in the target's private
+/// data (or in what that data owns), which dm core frees in `dtr`, before
+/// it frees the target.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct TargetRef(*mut sys::dm_target);
+
+// SAFETY: the dm_target calls below may be made from any process context.
+unsafe impl Send for TargetRef {}
+// SAFETY: as above.
+unsafe impl Sync for TargetRef {}
+
+impl TargetRef {
+    /// Raises a table event (`dm_table_event`): `dmsetup wait` wakes up.
+    /// Sleeps (takes a mutex).
+    pub fn table_event(&self) {
+        // SAFETY: the target and its table are alive (type invariant).
+        unsafe { sys::dm_table_event((*self.0).table) };
+    }
+
+    /// Size of the target's whole table in sectors.
+    pub fn table_size(&self) -> u64 {
+        // SAFETY: the target and its table are alive (type invariant).
+        unsafe { sys::dm_table_get_size((*self.0).table) }
+    }
+
+    /// The mapped device the target's table belongs to.
+    pub fn md(&self) -> MdRef {
+        // SAFETY: the target and its table are alive (type invariant).
+        MdRef(unsafe { sys::dm_table_get_md((*self.0).table) })
+    }
+
+    /// True if this target's device is suspended.
+    pub fn is_suspended(&self) -> bool {
+        // SAFETY: the target is alive (type invariant).
+        unsafe { sys::dm_suspended(self.0) != 0 }
+    }
+}
+
+/// A mapped device, compared by identity and held with [`MdRef::hold`].
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct MdRef(*mut sys::mapped_device);
+
+/// A reference on a mapped device; dropping it resumes what
+/// [`HeldMd::suspend_fast`] suspended and releases the reference.
+pub struct HeldMd {
+    md: *mut sys::mapped_device,
+    suspended: bool,
+}
+
+impl MdRef {
+    /// Takes a reference (`dm_hold`); `None` if the device is going away.
+    /// Call while whatever made `self` valid (a registry lock) is held.
+    pub fn hold(self) -> Option<HeldMd> {
+        // SAFETY: the caller keeps the md alive for this call (see above).
+        (unsafe { sys::dm_hold(self.0) } == 0).then_some(HeldMd { md: self.0, suspended: false })
+    }
+}
+
+impl HeldMd {
+    /// Internally suspends the device, draining its in-flight I/O
+    /// (`dm_internal_suspend_fast`); resumed on drop.
+    pub fn suspend_fast(&mut self) {
+        if !self.suspended {
+            // SAFETY: we hold a reference on the md.
+            unsafe { sys::dm_internal_suspend_fast(self.md) };
+            self.suspended = true;
+        }
+    }
+}
+
+impl Drop for HeldMd {
+    fn drop(&mut self) {
+        // SAFETY: we hold a reference; resume only what we suspended.
+        unsafe {
+            if self.suspended {
+                sys::dm_internal_resume_fast(self.md);
+            }
+            sys::dm_put(self.md);
+        }
     }
 }
 
@@ -251,6 +339,15 @@ impl<T: TargetOps> Registration<T> {
             if T::HAS_ITERATE_DEVICES {
                 (*p).iterate_devices = Some(iterate_devices_callback::<T>);
             }
+            if T::HAS_END_IO {
+                (*p).end_io = Some(end_io_callback::<T>);
+            }
+            if T::HAS_IO_HINTS {
+                (*p).io_hints = Some(io_hints_callback::<T>);
+            }
+            if T::HAS_PRERESUME {
+                (*p).preresume = Some(preresume_callback::<T>);
+            }
             if T::HAS_RESUME {
                 (*p).resume = Some(resume_callback::<T>);
             }
@@ -274,6 +371,29 @@ impl<T: TargetOps> Drop for Registration<T> {
         // the module (whose reference each table holds) is going away.
         unsafe { sys::dm_unregister_target(self.tt.get()) };
     }
+}
+
+/// Bytes of per-bio data for `T`, rounded up to keep dm's layout aligned.
+const fn per_bio_size<T: TargetOps>() -> usize {
+    (core::mem::size_of::<T::PerBio>() + 7) & !7
+}
+
+/// The per-bio data of `bio` for target type `T`.
+///
+/// # Safety
+///
+/// `bio` is a dm clone for a constructed `T` target; the returned reference
+/// is the only one for the duration of the hook.
+unsafe fn per_bio<'a, T: TargetOps>(bio: *mut bindings::bio) -> &'a mut T::PerBio {
+    const { assert!(core::mem::align_of::<T::PerBio>() <= 8) };
+    if per_bio_size::<T>() == 0 {
+        // SAFETY: a zero-sized value needs no storage; a dangling aligned
+        // pointer is valid for it.
+        return unsafe { &mut *core::ptr::NonNull::<T::PerBio>::dangling().as_ptr() };
+    }
+    // SAFETY: dm core reserved `per_io_data_size` bytes before the clone,
+    // 8-byte aligned (sizes are multiples of 8).
+    unsafe { &mut *sys::dm_per_bio_data(bio, per_bio_size::<T>()).cast::<T::PerBio>() }
 }
 
 /// Borrows the private data of `ti`.
@@ -325,7 +445,10 @@ unsafe extern "C" fn ctr_callback<T: TargetOps>(
     match T::ctr(&mut setup, &args) {
         Ok(private) => {
             // SAFETY: `ti` is valid; ownership moves to `ti->private` until dtr.
-            unsafe { (*ti).private = private.into_foreign() as *mut c_void };
+            unsafe {
+                (*ti).private = private.into_foreign() as *mut c_void;
+                (*ti).per_io_data_size = per_bio_size::<T>() as c_uint;
+            }
             0
         }
         Err(e) => fail(e),
@@ -354,10 +477,18 @@ unsafe extern "C" fn map_callback<T: TargetOps>(
     ti: *mut sys::dm_target,
     bio: *mut bindings::bio,
 ) -> c_int {
-    // SAFETY: dm core calls map on a constructed target with a bio that the
-    // target owns until it returns or submits it.
-    let (t, target, bio) = unsafe { (private::<T>(ti), Target::from_raw(ti), Bio::from_raw(bio)) };
-    t.map(target, bio).to_c()
+    // SAFETY: dm core calls map on a constructed target with a bio whose
+    // completion the target now owns until it returns.
+    let (t, target) = unsafe { (private::<T>(ti), Target::from_raw(ti)) };
+    let Some(nn) = core::ptr::NonNull::new(bio) else {
+        return sys::DM_MAPIO_KILL as c_int;
+    };
+    // SAFETY: the per-bio area has `per_bio_size::<T>()` bytes (set in ctr).
+    let data = unsafe { per_bio::<T>(bio) };
+    *data = T::PerBio::default();
+    // SAFETY: see above: the bio is ours until we return.
+    let bio = unsafe { OwnedBio::from_raw(nn) };
+    t.map(target, bio, data).0 as c_int
 }
 
 /// The `status` hook of `struct target_type` for `T`.
@@ -432,4 +563,49 @@ unsafe extern "C" fn postsuspend_callback<T: TargetOps>(ti: *mut sys::dm_target)
     // SAFETY: called on constructed targets only.
     let (t, target) = unsafe { (private::<T>(ti), Target::from_raw(ti)) };
     t.postsuspend(target);
+}
+
+/// The `end_io` hook of `struct target_type` for `T`.
+///
+/// # Safety
+///
+/// Only dm core calls it, on a bio that `map_callback::<T>` mapped.
+unsafe extern "C" fn end_io_callback<T: TargetOps>(
+    ti: *mut sys::dm_target,
+    bio: *mut bindings::bio,
+    _error: *mut bindings::blk_status_t,
+) -> c_int {
+    // SAFETY: a constructed target and a bio it mapped (contract).
+    let (t, target, data) = unsafe { (private::<T>(ti), Target::from_raw(ti), per_bio::<T>(bio)) };
+    // SAFETY: the bio is valid for the duration of the hook.
+    t.end_io(target, unsafe { Bio::from_raw(bio) }, data);
+    sys::DM_ENDIO_DONE as c_int
+}
+
+/// The `io_hints` hook of `struct target_type` for `T`.
+///
+/// # Safety
+///
+/// Only dm core calls it, on a constructed target, with valid limits.
+unsafe extern "C" fn io_hints_callback<T: TargetOps>(
+    ti: *mut sys::dm_target,
+    limits: *mut bindings::queue_limits,
+) {
+    // SAFETY: contract.
+    let (t, target, limits) = unsafe { (private::<T>(ti), Target::from_raw(ti), &mut *limits) };
+    t.io_hints(target, limits);
+}
+
+/// The `preresume` hook of `struct target_type` for `T`.
+///
+/// # Safety
+///
+/// Only dm core calls it, on a constructed target.
+unsafe extern "C" fn preresume_callback<T: TargetOps>(ti: *mut sys::dm_target) -> c_int {
+    // SAFETY: contract.
+    let (t, target) = unsafe { (private::<T>(ti), Target::from_raw(ti)) };
+    match t.preresume(target) {
+        Ok(()) => 0,
+        Err(e) => e.to_errno(),
+    }
 }

@@ -13,6 +13,7 @@
 
 use super::chunk::Chunk;
 use core::marker::PhantomData;
+use core::ops::Deref;
 use core::ptr::{self, NonNull};
 use core::sync::atomic::{AtomicUsize, Ordering};
 
@@ -99,14 +100,14 @@ impl BucketLock for SpinBit {
 
 /// A hash table of exceptions over bucket heads `H` (a slice of words,
 /// zeroed, a power of two of them), locked with `L`.
-pub struct ExceptionTable<H: AsRef<[AtomicUsize]>, L: BucketLock> {
+pub struct ExceptionTable<H: Deref<Target = [AtomicUsize]>, L: BucketLock> {
     heads: H,
     mask: u64,
     hash_shift: u32,
     _lock: PhantomData<L>,
 }
 
-impl<H: AsRef<[AtomicUsize]>, L: BucketLock> ExceptionTable<H, L> {
+impl<H: Deref<Target = [AtomicUsize]>, L: BucketLock> ExceptionTable<H, L> {
     /// A table over `heads`; `hash_shift` 8 makes a complete table (runs),
     /// 0 a pending one. `None` unless the head count is a power of two.
     pub fn new(heads: H, hash_shift: u32) -> Option<Self> {
@@ -124,11 +125,11 @@ impl<H: AsRef<[AtomicUsize]>, L: BucketLock> ExceptionTable<H, L> {
 
     /// Number of buckets.
     pub fn buckets(&self) -> usize {
-        self.heads.as_ref().len()
+        self.heads.len()
     }
 
     fn head(&self, chunk: Chunk) -> &AtomicUsize {
-        &self.heads.as_ref()[((chunk >> self.hash_shift) & self.mask) as usize]
+        &self.heads[((chunk >> self.hash_shift) & self.mask) as usize]
     }
 
     /// Locks the bucket of `chunk`. Keep the guard short: it spins other
@@ -146,7 +147,7 @@ impl<H: AsRef<[AtomicUsize]>, L: BucketLock> ExceptionTable<H, L> {
     /// Unlinks every entry and passes it to `free`; needs no lock, since
     /// `&mut self` excludes every other user.
     pub fn drain(&mut self, mut free: impl FnMut(NonNull<Exception>)) {
-        for head in self.heads.as_ref() {
+        for head in self.heads.iter() {
             let mut p = (head.swap(0, Ordering::Relaxed) & !1) as *mut Exception;
             while let Some(e) = NonNull::new(p) {
                 // SAFETY: entries in a table are valid until removed; this

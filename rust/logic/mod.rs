@@ -8,3 +8,4 @@ pub mod args;
 pub mod chunk;
 pub mod exception_table;
 pub mod table;
+pub mod transient;

@@ -1,19 +1,37 @@
-//! `snapshot` and `snapshot-merge`: table parsing and device checks as
-//! upstream's `snapshot_ctr`. The exception stores and the COW data path
-//! come in the following steps; until then the constructor validates the
-//! line exactly as upstream and then refuses it at the store step with a
-//! message that says so.
+//! `snapshot` and `snapshot-merge`: the targets a snapshot's reader and
+//! writer see (upstream's `snapshot_ctr`, `snapshot_map`, `snapshot_status`
+//! and friends). The copy-on-write machinery is in [`super::cow`].
 
+use super::cow::{Snap, SnapArgs, SnapInitError};
+use super::registry::Registry;
+use super::store::Store;
 use crate::dm::target::{BLK_OPEN_READ, BLK_OPEN_WRITE};
-use crate::dm::{Bio, CtrError, MapResult, Setup, Target, TargetOps};
-use crate::logic::table::{parse_chunk_size, parse_snapshot, parse_store_kind};
+use crate::dm::{
+    Bio, CtrError, DeviceVisitor, Mapped, OwnedBio, Setup, StatusBuf, StatusType, Target, TargetOps,
+};
+use crate::logic::chunk::ChunkGeometry;
+use crate::logic::table::{parse_chunk_size, parse_snapshot, parse_store_kind, SnapshotArgs, StoreKind};
+use crate::logic::transient::TransientStore;
+use core::fmt::Write;
+use kernel::bindings;
 use kernel::c_str;
+use kernel::ffi::c_int;
 use kernel::prelude::*;
 use kernel::str::CStr;
 
-/// Runs `snapshot_ctr`'s checks, in upstream's order, up to the store.
-fn construct(setup: &mut Setup<'_>, argv: &[&[u8]], merge: bool) -> Result<(), CtrError> {
-    let args = parse_snapshot(argv)?;
+/// Per-bio data: the chunk a snapshot read of the origin is tracked under.
+#[derive(Default)]
+pub(crate) struct Tracked {
+    chunk: Option<u64>,
+}
+
+/// Opens the devices and checks the store arguments in `snapshot_ctr`'s
+/// order; returns what the store needs.
+fn open_devices(
+    setup: &mut Setup<'_>,
+    args: &SnapshotArgs<'_>,
+    merge: bool,
+) -> Result<(crate::dm::TableDev, crate::dm::TableDev, StoreKind, u32), CtrError> {
     let origin_mode = if merge { BLK_OPEN_WRITE } else { BLK_OPEN_READ };
     let origin = setup
         .get_device_mode(args.origin, origin_mode)
@@ -22,67 +40,297 @@ fn construct(setup: &mut Setup<'_>, argv: &[&[u8]], merge: bool) -> Result<(), C
         .get_device(args.cow)
         .map_err(|e| CtrError::new(c"Cannot get COW device", e))?;
     if cow.same_bdev(&origin) {
-        return Err(CtrError::new(
-            c"COW device cannot be the same as origin device",
-            EINVAL,
-        ));
+        return Err(CtrError::new(c"COW device cannot be the same as origin device", EINVAL));
     }
     let store_err = CtrError::new(c"Couldn't create exception store", EINVAL);
-    parse_store_kind(args.store).map_err(|_| store_err)?;
-    parse_chunk_size(
+    let kind = parse_store_kind(args.store).map_err(|_| store_err)?;
+    let chunk = parse_chunk_size(
         args.chunk_size,
         cow.logical_block_size() >> 9,
         origin.logical_block_size() >> 9,
     )
     .map_err(|_| store_err)?;
-    Err(CtrError::new(
-        c"Couldn't create exception store: not implemented by dm_snap_rs yet",
-        EINVAL,
-    ))
+    Ok((origin, cow, kind, chunk))
 }
 
 /// A `snapshot` target.
-pub(crate) struct Snapshot;
+pub(crate) struct Snapshot {
+    snap: Pin<KBox<Snap>>,
+}
 
 #[vtable]
 impl TargetOps for Snapshot {
     const NAME: &'static CStr = c_str!("snapshot");
     const VERSION: [u32; 3] = [1, 16, 0];
+    type PerBio = Tracked;
 
     fn ctr(setup: &mut Setup<'_>, argv: &[&[u8]]) -> Result<Pin<KBox<Self>>, CtrError> {
-        construct(setup, argv, false)?;
-        KBox::pin(Snapshot, GFP_KERNEL).map_err(|_| {
-            CtrError::new(
-                c"Cannot allocate snapshot context private structure",
-                ENOMEM,
-            )
+        let args = parse_snapshot(argv)?;
+        let (origin, cow, kind, chunk) = open_devices(setup, &args, false)?;
+        let store = match kind {
+            StoreKind::Transient => {
+                if chunk == 0 {
+                    return Err(CtrError::new(c"Chunk size not set", EINVAL));
+                }
+                let g = ChunkGeometry::new(chunk).ok_or(CtrError::new(c"Chunk size not set", EINVAL))?;
+                Store::Transient(TransientStore::new(g, cow.nr_sectors()))
+            }
+            StoreKind::Persistent { .. } => {
+                return Err(CtrError::new(
+                    c"Couldn't create exception store: persistent stores are not implemented by dm_snap_rs yet",
+                    EINVAL,
+                ))
+            }
+        };
+        let zeroes = args.discard_zeroes_cow;
+        let passdown = args.discard_passdown_origin;
+        let snap = Snap::new(SnapArgs {
+            origin,
+            cow,
+            store,
+            ti: setup.target().handle(),
+            discard_zeroes_cow: zeroes,
+            discard_passdown_origin: passdown,
         })
+        .map_err(|e| match e {
+            SnapInitError::HashTables => CtrError::new(c"Unable to allocate hash table space", ENOMEM),
+            SnapInitError::Kcopyd(e) => CtrError::new(c"Could not create kcopyd client", e),
+            SnapInitError::Mempool => CtrError::new(c"Could not allocate mempool for pending exceptions", ENOMEM),
+        })?;
+        setup.set_num_flush_bios(1);
+        setup.set_num_discard_bios(match (zeroes, passdown) {
+            (false, _) => 0,
+            (true, false) => 1,
+            (true, true) => 2,
+        });
+        if Registry::get()
+            .read()
+            .snaps(snap.origin.raw_bdev())
+            .any(|s| s.cow.same_bdev(&snap.cow))
+        {
+            // Handover of exceptions to a new table on the same COW comes
+            // with the persistent store; refuse rather than share a COW.
+            return Err(CtrError::new(
+                c"Snapshot cow pairing for exception table handover failed",
+                EINVAL,
+            ));
+        }
+        snap.as_ref()
+            .register()
+            .map_err(|_| CtrError::new(c"Snapshot origin struct allocation failed", ENOMEM))?;
+        setup
+            .set_max_io_len(snap.chunk_sectors())
+            .map_err(|e| CtrError::new(c"Maximum size of target IO is too large", e))?;
+        KBox::pin(Snapshot { snap }, GFP_KERNEL)
+            .map_err(|_| CtrError::new(c"Cannot allocate private snapshot structure", ENOMEM))
     }
 
-    fn map(&self, _target: &Target, _bio: &mut Bio) -> MapResult {
-        MapResult::Kill
+    fn map(&self, _target: &Target, mut bio: OwnedBio, tracked: &mut Tracked) -> Mapped {
+        let s = &*self.snap;
+        if bio.is_preflush() {
+            bio.set_dev(&s.cow);
+            return bio.remap();
+        }
+        let g = s.geometry();
+        let chunk = g.chunk_of(bio.sector());
+        if !s.valid_hint() {
+            return bio.kill();
+        }
+        if bio.is_write() {
+            s.throttle();
+        }
+        let state = s.state.read();
+        let locks = s.lock_chunk(chunk);
+        if !state.valid || (state.overflowed && bio.is_write()) {
+            return bio.kill();
+        }
+        if bio.is_discard() && s.discard_passdown_origin && bio.target_nr() != 0 {
+            // The origin half of a passed-down discard: no COW anywhere.
+            bio.set_dev(&s.origin);
+            s.track(chunk);
+            tracked.chunk = Some(chunk);
+            return bio.remap();
+        }
+        if let Some(cow_chunk) = Snap::lookup_complete(&locks, chunk) {
+            let sector = g.remap(bio.sector(), cow_chunk);
+            bio.set_dev(&s.cow);
+            bio.set_sector(sector);
+            // A discard of a whole copied chunk zeroes it in the COW
+            // (`zero_exception`); a partial one is passed down.
+            if bio.is_discard() && u64::from(bio.sectors()) == u64::from(g.sectors()) && g.offset_in_chunk(sector) == 0
+            {
+                drop(locks);
+                drop(state);
+                s.zero_chunk(bio);
+                return Mapped::submitted();
+            }
+            return bio.remap();
+        }
+        if bio.is_discard() {
+            // Nothing copied: nothing to discard, and no COW for it.
+            bio.end(true);
+            return Mapped::submitted();
+        }
+        if !bio.is_write() {
+            bio.set_dev(&s.origin);
+            s.track(chunk);
+            tracked.chunk = Some(chunk);
+            return bio.remap();
+        }
+        let (locks, r) = s.find_or_make_pending(locks, chunk);
+        let pe = match r {
+            Ok(Some(pe)) => pe,
+            Ok(None) => {
+                // Copied while we allocated.
+                let cow_chunk = Snap::lookup_complete(&locks, chunk).unwrap_or(0);
+                let sector = g.remap(bio.sector(), cow_chunk);
+                bio.set_dev(&s.cow);
+                bio.set_sector(sector);
+                return bio.remap();
+            }
+            Err(()) => {
+                drop(locks);
+                drop(state);
+                // The COW is full. (A `PO` store will mark the snapshot
+                // overflowed here instead.)
+                s.invalidate(true);
+                return bio.kill();
+            }
+        };
+        let sector = g.remap(bio.sector(), Snap::pending_cow_chunk(pe));
+        bio.set_dev(&s.cow);
+        bio.set_sector(sector);
+        if u64::from(bio.sectors()) == u64::from(g.sectors()) && Snap::claim_for_full_write(&locks, pe) {
+            drop(locks);
+            drop(state);
+            // SAFETY: we just claimed (started) `pe`; no lock is held.
+            unsafe { Snap::start_full_bio(pe, bio) };
+            return Mapped::submitted();
+        }
+        if Snap::queue_snapshot_bio(&locks, pe, bio) {
+            drop(locks);
+            drop(state);
+            // SAFETY: we just marked `pe` started; no lock is held.
+            unsafe { Snap::start_copy(pe) };
+        }
+        Mapped::submitted()
+    }
+
+    fn end_io(&self, _target: &Target, _bio: &Bio, tracked: &mut Tracked) {
+        if let Some(chunk) = tracked.chunk.take() {
+            self.snap.untrack(chunk);
+        }
+    }
+
+    fn resume(&self, target: &Target) {
+        // As upstream: quiesce the origin device (if it is a resumed
+        // snapshot-origin) while this snapshot becomes active, so no origin
+        // write is half-way through the COW decision.
+        let s = &*self.snap;
+        let reg = Registry::get();
+        let held = {
+            let o = reg.read();
+            o.dm_origin(s.origin.raw_bdev())
+                .map(|ti| ti.md())
+                .filter(|md| *md != target.handle().md())
+                .and_then(|md| md.hold())
+        };
+        let mut held = held;
+        if let Some(h) = held.as_mut() {
+            h.suspend_fast();
+        }
+        drop(held);
+        reg.resort(s.origin.raw_bdev());
+        s.activate();
+    }
+
+    fn status(&self, _target: &Target, kind: StatusType, out: &mut StatusBuf<'_>) {
+        let s = &*self.snap;
+        let _ = match kind {
+            StatusType::Info => {
+                let st = s.state.write();
+                if !st.valid {
+                    out.write_str("Invalid")
+                } else if st.overflowed {
+                    out.write_str("Overflow")
+                } else {
+                    let u = s.store().usage();
+                    write!(out, "{}/{} {}", u.allocated, u.total, u.metadata)
+                }
+            }
+            StatusType::Table => {
+                let _ = write!(out, "{} {}", s.origin.name(), s.cow.name());
+                let _ = s.store().status_table(out);
+                let n = u32::from(s.discard_zeroes_cow) + u32::from(s.discard_passdown_origin);
+                if n > 0 {
+                    let _ = write!(out, " {}", n);
+                    if s.discard_zeroes_cow {
+                        let _ = out.write_str(" discard_zeroes_cow");
+                    }
+                    if s.discard_passdown_origin {
+                        let _ = out.write_str(" discard_passdown_origin");
+                    }
+                }
+                Ok(())
+            }
+            StatusType::Ima => {
+                let st = s.state.read();
+                let yn = |b: bool| if b { 'y' } else { 'n' };
+                write!(
+                    out,
+                    "target_name=snapshot,target_version=1.16.0,snap_origin_name={},snap_cow_name={},snap_valid={},snap_merge_failed=n,snapshot_overflowed={};",
+                    s.origin.name(),
+                    s.cow.name(),
+                    yn(st.valid),
+                    yn(st.overflowed)
+                )
+            }
+        };
+    }
+
+    fn iterate_devices(&self, target: &Target, visit: &mut DeviceVisitor<'_>) -> c_int {
+        let s = &*self.snap;
+        let r = visit.visit(&s.origin, 0, target.len());
+        if r != 0 {
+            return r;
+        }
+        visit.visit(&s.cow, 0, s.cow.nr_sectors())
+    }
+
+    fn io_hints(&self, _target: &Target, limits: &mut bindings::queue_limits) {
+        let s = &*self.snap;
+        if s.discard_zeroes_cow {
+            // Upstream's values (a sector count in the byte-sized granularity
+            // field, which the block layer raises to the block size).
+            limits.discard_granularity = s.chunk_sectors();
+            limits.max_hw_discard_sectors = s.chunk_sectors();
+        }
     }
 }
 
-/// A `snapshot-merge` target.
+/// A `snapshot-merge` target: table checks as upstream; merging itself
+/// needs the persistent store, so construction stops there for now.
 pub(crate) struct SnapshotMerge;
 
 #[vtable]
 impl TargetOps for SnapshotMerge {
     const NAME: &'static CStr = c_str!("snapshot-merge");
     const VERSION: [u32; 3] = [1, 5, 0];
+    type PerBio = ();
 
     fn ctr(setup: &mut Setup<'_>, argv: &[&[u8]]) -> Result<Pin<KBox<Self>>, CtrError> {
-        construct(setup, argv, true)?;
-        KBox::pin(SnapshotMerge, GFP_KERNEL).map_err(|_| {
-            CtrError::new(
-                c"Cannot allocate snapshot context private structure",
-                ENOMEM,
-            )
+        let args = parse_snapshot(argv)?;
+        let (_origin, _cow, kind, _chunk) = open_devices(setup, &args, true)?;
+        Err(match kind {
+            StoreKind::Transient => CtrError::new(c"Snapshot exception store does not support snapshot-merge.", EINVAL),
+            StoreKind::Persistent { .. } => CtrError::new(
+                c"Couldn't create exception store: persistent stores are not implemented by dm_snap_rs yet",
+                EINVAL,
+            ),
         })
     }
 
-    fn map(&self, _target: &Target, _bio: &mut Bio) -> MapResult {
-        MapResult::Kill
+    fn map(&self, _target: &Target, bio: OwnedBio, _data: &mut ()) -> Mapped {
+        bio.kill()
     }
 }

@@ -1,9 +1,12 @@
 //! Locks the kernel crate of 6.12 does not wrap: the read-write semaphore
-//! ([`rwsem`]) that guards mostly-read snapshot state.
+//! ([`rwsem`]) that guards mostly-read snapshot state, and the `hlist_bl`
+//! bit lock ([`bitlock`]) of each exception-table bucket.
 //!
-//! As with `kernel::sync::Mutex`, the protected value is reachable only
+//! As with `kernel::sync::Mutex`, protected values are reachable only
 //! through a guard, so "touched it without the lock" does not compile.
 
+pub mod bitlock;
 pub mod rwsem;
 
+pub use bitlock::HlistBl;
 pub use rwsem::RwSem;

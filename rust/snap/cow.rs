@@ -1,0 +1,630 @@
+//! A snapshot's copy-on-write state and pipeline (the heart of upstream's
+//! `dm-snap.c`): the two exception tables, pending exceptions, copies
+//! through dm-kcopyd, and their completion.
+//!
+//! Locking follows the fine-grained design (see [`super::registry`] for
+//! the order): `state` (rwsem) is taken for read by every per-chunk
+//! operation and for write by state changes; a chunk's complete and pending
+//! buckets are bit-locked as a pair ([`ChunkLocks`]); the store's allocator
+//! is a spinlock inside them. Nothing sleeps under a bucket lock: pending
+//! exceptions are allocated (mempool, may sleep) with the buckets unlocked
+//! and the tables re-checked after; copies are started, bios submitted and
+//! ended, and conflicting reads waited for only with the buckets unlocked.
+
+use super::registry::{do_origin, Registry};
+use super::store::Store;
+use crate::bindings as sys;
+use crate::dm::kcopyd::{CopyJob, FullBio, Kcopyd, Region};
+use crate::dm::mempool::{alloc_noio, free_noio, Mempool};
+use crate::dm::{BioList, OwnedBio, TableDev, TargetRef};
+use crate::logic::chunk::{table_sizes, Chunk, ChunkGeometry};
+use crate::logic::exception_table::{Bucket, Exception, ExceptionTable};
+use crate::new_rwsem;
+use crate::sync::{HlistBl, RwSem};
+use core::ptr::NonNull;
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use kernel::new_spinlock;
+use kernel::prelude::*;
+use kernel::sync::SpinLock;
+
+/// Most snapshot state read per chunk; written rarely (`s->lock`).
+pub(crate) struct State {
+    /// Not invalidated (COW full or failed).
+    pub(crate) valid: bool,
+    /// Resumed at least once: origin writes COW into it only then.
+    pub(crate) active: bool,
+    /// A `PO` store ran out of space: writes fail, reads work.
+    pub(crate) overflowed: bool,
+}
+
+type Table = ExceptionTable<KVec<AtomicUsize>, HlistBl>;
+
+/// Upstream's cap on the complete table: 2 MiB of bucket heads.
+const MAX_TABLE_BYTES: u64 = 2 << 20;
+/// Reads tracked per snapshot by hash slot; see [`Snap::track`].
+const TRACK_SLOTS: usize = 1024;
+/// Pending exceptions reserved in the mempool (upstream's `MIN_IOS`).
+const MIN_IOS: i32 = 256;
+
+fn new_table(buckets: usize, hash_shift: u32) -> Result<Table> {
+    let mut heads = KVec::with_capacity(buckets, GFP_KERNEL)?;
+    for _ in 0..buckets {
+        heads.push(AtomicUsize::new(0), GFP_KERNEL)?;
+    }
+    Table::new(heads, hash_shift).ok_or(EINVAL)
+}
+
+/// A chunk's complete and pending buckets, locked in that order and
+/// unlocked in reverse (field order).
+pub(crate) struct ChunkLocks<'a> {
+    pending: Bucket<'a, HlistBl>,
+    complete: Bucket<'a, HlistBl>,
+}
+
+/// A copy of one chunk in flight; the table entry is its first field, so a
+/// pending-table lookup yields the whole `Pending` (`container_of`).
+#[repr(C)]
+pub(crate) struct Pending {
+    e: Exception,
+    snap: NonNull<Snap>,
+    /// Fields below are protected by the chunk's bucket locks.
+    started: bool,
+    origin_bios: BioList,
+    snapshot_bios: BioList,
+    full_bio: Option<FullBio>,
+}
+
+// SAFETY: a pending exception moves between CPUs with its bios; its fields
+// are only touched under its chunk's bucket locks or by its sole owner.
+unsafe impl Send for Pending {}
+
+/// One snapshot's COW state, shared by its target and, through the
+/// registry, by the origin's writers.
+#[pin_data(PinnedDrop)]
+pub(crate) struct Snap {
+    #[pin]
+    pub(crate) state: RwSem<State>,
+    /// Unlocked fast-path copy of `state.valid`.
+    valid_hint: AtomicBool,
+    // Dropped first: waits for every copy in flight.
+    kcopyd: Kcopyd,
+    complete: Table,
+    pending: Table,
+    pending_pool: Mempool<Pending>,
+    pending_count: AtomicUsize,
+    #[pin]
+    store: SpinLock<Store>,
+    geometry: ChunkGeometry,
+    tracked: KVec<AtomicU32>,
+    in_progress: AtomicU32,
+    registered: AtomicBool,
+    pub(crate) ti: TargetRef,
+    pub(crate) discard_zeroes_cow: bool,
+    pub(crate) discard_passdown_origin: bool,
+    pub(crate) cow: TableDev,
+    pub(crate) origin: TableDev,
+}
+
+// SAFETY: all shared mutable state is behind locks or atomics; raw pointers
+// inside (pending exceptions, bios) are owned by the snapshot.
+unsafe impl Sync for Snap {}
+// SAFETY: as above.
+unsafe impl Send for Snap {}
+
+/// Construction arguments of a [`Snap`].
+pub(crate) struct SnapArgs {
+    pub(crate) origin: TableDev,
+    pub(crate) cow: TableDev,
+    pub(crate) store: Store,
+    pub(crate) ti: TargetRef,
+    pub(crate) discard_zeroes_cow: bool,
+    pub(crate) discard_passdown_origin: bool,
+}
+
+/// Which construction step failed, for `ti->error`.
+pub(crate) enum SnapInitError {
+    HashTables,
+    Kcopyd(Error),
+    Mempool,
+}
+
+impl Snap {
+    /// Allocates the tables (sized as upstream), the kcopyd client and the
+    /// pending-exception pool, in upstream's order.
+    pub(crate) fn new(a: SnapArgs) -> Result<Pin<KBox<Snap>>, SnapInitError> {
+        let geometry = a.store.geometry();
+        let (nc, np) = table_sizes(a.cow.nr_sectors(), geometry.shift(), MAX_TABLE_BYTES / 8);
+        let complete = new_table(nc, 8).map_err(|_| SnapInitError::HashTables)?;
+        let pending = new_table(np, 0).map_err(|_| SnapInitError::HashTables)?;
+        let mut tracked = KVec::with_capacity(TRACK_SLOTS, GFP_KERNEL).map_err(|_| SnapInitError::HashTables)?;
+        for _ in 0..TRACK_SLOTS {
+            tracked.push(AtomicU32::new(0), GFP_KERNEL).map_err(|_| SnapInitError::HashTables)?;
+        }
+        let kcopyd = Kcopyd::new().map_err(SnapInitError::Kcopyd)?;
+        let pending_pool = Mempool::new(MIN_IOS).map_err(|_| SnapInitError::Mempool)?;
+        KBox::pin_init(
+            pin_init!(Snap {
+                state <- new_rwsem!(State { valid: true, active: false, overflowed: false }, "dm_snap_rs:snap"),
+                valid_hint: AtomicBool::new(true),
+                kcopyd,
+                complete,
+                pending,
+                pending_pool,
+                pending_count: AtomicUsize::new(0),
+                store <- new_spinlock!(a.store, "dm_snap_rs:pe_allocation"),
+                geometry,
+                tracked,
+                in_progress: AtomicU32::new(0),
+                registered: AtomicBool::new(false),
+                ti: a.ti,
+                discard_zeroes_cow: a.discard_zeroes_cow,
+                discard_passdown_origin: a.discard_passdown_origin,
+                cow: a.cow,
+                origin: a.origin,
+            }),
+            GFP_KERNEL,
+        )
+        .map_err(|_| SnapInitError::Mempool)
+    }
+
+    /// Adds the snapshot to the origin registry (`register_snapshot`).
+    pub(crate) fn register(self: Pin<&Self>) -> Result {
+        let p = NonNull::from(self.get_ref());
+        Registry::get().register(p, self.origin.raw_bdev())?;
+        self.registered.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// Chunk size in sectors.
+    pub(crate) fn chunk_sectors(&self) -> u32 {
+        self.geometry.sectors()
+    }
+
+    /// The chunk geometry.
+    pub(crate) fn geometry(&self) -> ChunkGeometry {
+        self.geometry
+    }
+
+    /// The store, under its spinlock (for status).
+    pub(crate) fn store(&self) -> kernel::sync::lock::Guard<'_, Store, kernel::sync::lock::spinlock::SpinLockBackend> {
+        self.store.lock()
+    }
+
+    /// Unlocked validity check for the fast path (`if (!s->valid)`).
+    pub(crate) fn valid_hint(&self) -> bool {
+        self.valid_hint.load(Ordering::Relaxed)
+    }
+
+    /// Locks the bucket pair of `chunk`.
+    pub(crate) fn lock_chunk(&self, chunk: Chunk) -> ChunkLocks<'_> {
+        let complete = self.complete.lock(chunk);
+        let pending = self.pending.lock(chunk);
+        ChunkLocks { pending, complete }
+    }
+
+    /// More copies in flight than `snapshot_cow_threshold`.
+    pub(crate) fn over_cow_threshold(&self) -> bool {
+        // SAFETY: reads a module parameter.
+        self.in_progress.load(Ordering::Relaxed) > unsafe { sys::dmsr_cow_threshold() }
+    }
+
+    /// Throttles a snapshot write (`wait_for_in_progress(s, false)`).
+    pub(crate) fn throttle(&self) {
+        let reg = Registry::get();
+        while self.over_cow_threshold() {
+            let gen = reg.wake_generation();
+            if !self.over_cow_threshold() {
+                break;
+            }
+            reg.wait_for_wake(gen);
+        }
+    }
+
+    fn account_start_copy(&self) {
+        self.in_progress.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn account_end_copy(&self) {
+        self.in_progress.fetch_sub(1, Ordering::Relaxed);
+        Registry::get().throttle_wake();
+    }
+
+    fn track_slot(&self, chunk: Chunk) -> &AtomicU32 {
+        &self.tracked[(chunk as usize) & (TRACK_SLOTS - 1)]
+    }
+
+    /// Notes a snapshot read of `chunk` going to the origin (`track_chunk`);
+    /// call with the chunk's buckets locked. Slots are shared by chunks with
+    /// the same hash, which can only make a completion wait a little longer.
+    pub(crate) fn track(&self, chunk: Chunk) {
+        self.track_slot(chunk).fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// That read completed (`stop_tracking_chunk`; IRQ context is fine).
+    pub(crate) fn untrack(&self, chunk: Chunk) {
+        self.track_slot(chunk).fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Marks the snapshot invalid (`__invalidate_snapshot`): I/O to it fails
+    /// from now on, and a table event tells userspace. Sleeps.
+    pub(crate) fn invalidate(&self, nomem: bool) {
+        let mut st = self.state.write();
+        if !st.valid {
+            return;
+        }
+        if nomem {
+            pr_err!("snapshots: Invalidating snapshot: Unable to allocate exception.\n");
+        } else {
+            pr_err!("snapshots: Invalidating snapshot: Error reading/writing.\n");
+        }
+        st.valid = false;
+        self.valid_hint.store(false, Ordering::Relaxed);
+        drop(st);
+        self.ti.table_event();
+    }
+
+    /// Marks the snapshot active after its first resume.
+    pub(crate) fn activate(&self) {
+        self.state.write().active = true;
+    }
+
+    /// A new pending exception for `chunk`, from the mempool; may sleep, so
+    /// call with no bucket lock held.
+    fn alloc_pending(&self, chunk: Chunk) -> NonNull<Pending> {
+        self.pending_count.fetch_add(1, Ordering::AcqRel);
+        self.pending_pool.alloc(Pending {
+            e: Exception::new(chunk, 0),
+            snap: NonNull::from(self),
+            started: false,
+            origin_bios: BioList::new(),
+            snapshot_bios: BioList::new(),
+            full_bio: None,
+        })
+    }
+
+    /// Frees an unused or finished pending exception; does not sleep.
+    ///
+    /// # Safety
+    ///
+    /// `pe` came from `alloc_pending` of this snapshot, is in no table, and
+    /// is not used afterwards.
+    unsafe fn free_pending(&self, pe: NonNull<Pending>) {
+        // SAFETY: contract.
+        unsafe { self.pending_pool.free(pe) };
+        self.pending_count.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// The pending exception of `chunk`, if any (buckets locked).
+    fn lookup_pending(locks: &ChunkLocks<'_>, chunk: Chunk) -> Option<NonNull<Pending>> {
+        locks.pending.lookup(chunk).map(|e| e.cast::<Pending>())
+    }
+
+    /// The COW chunk of `chunk` if it is already copied (buckets locked).
+    pub(crate) fn lookup_complete(locks: &ChunkLocks<'_>, chunk: Chunk) -> Option<Chunk> {
+        // SAFETY: an entry found under its bucket lock is valid.
+        locks.complete.lookup(chunk).map(|e| unsafe { e.as_ref() }.remap(chunk))
+    }
+
+    /// Allocates a COW chunk for `pe` and inserts it in the pending table
+    /// (`__insert_pending_exception`); `None` (and `pe` freed) when the COW
+    /// is full.
+    fn insert_pending(&self, locks: &mut ChunkLocks<'_>, pe: NonNull<Pending>) -> Option<NonNull<Pending>> {
+        let new_chunk = self.store.lock().prepare_exception();
+        match new_chunk {
+            Some(c) => {
+                // SAFETY: `pe` is ours and in no table; it stays valid until
+                // `pending_complete` removes and frees it.
+                unsafe {
+                    (*pe.as_ptr()).e.new_chunk = c;
+                    let _ = locks.pending.insert(pe.cast::<Exception>());
+                }
+                Some(pe)
+            }
+            None => {
+                // SAFETY: never inserted.
+                unsafe { self.free_pending(pe) };
+                None
+            }
+        }
+    }
+
+    /// Finds or creates the pending exception of `chunk` for a write that
+    /// found no completed exception: allocates with the buckets unlocked,
+    /// then re-checks both tables (`__find_pending_exception` and its
+    /// callers). `Ok(None)` means the chunk got copied meanwhile; `Err`
+    /// that the COW is full.
+    pub(crate) fn find_or_make_pending<'a>(
+        &'a self,
+        locks: ChunkLocks<'a>,
+        chunk: Chunk,
+    ) -> (ChunkLocks<'a>, Result<Option<NonNull<Pending>>, ()>) {
+        if let Some(pe) = Self::lookup_pending(&locks, chunk) {
+            return (locks, Ok(Some(pe)));
+        }
+        drop(locks);
+        let pe = self.alloc_pending(chunk);
+        let mut locks = self.lock_chunk(chunk);
+        if let Some(raced) = Self::lookup_pending(&locks, chunk) {
+            // SAFETY: never inserted.
+            unsafe { self.free_pending(pe) };
+            return (locks, Ok(Some(raced)));
+        }
+        if locks.complete.lookup(chunk).is_some() {
+            // SAFETY: never inserted.
+            unsafe { self.free_pending(pe) };
+            return (locks, Ok(None));
+        }
+        let r = self.insert_pending(&mut locks, pe).map(Some).ok_or(());
+        (locks, r)
+    }
+
+    /// COW chunk of a pending exception.
+    pub(crate) fn pending_cow_chunk(pe: NonNull<Pending>) -> Chunk {
+        // SAFETY: a pending exception is valid until completed; `new_chunk`
+        // is set before it is published and never changes.
+        unsafe { (*pe.as_ptr()).e.new_chunk }
+    }
+
+    /// Queues a snapshot write on `pe`; returns true if the caller must now
+    /// start the copy (it was not started yet). Buckets locked.
+    pub(crate) fn queue_snapshot_bio(_locks: &ChunkLocks<'_>, pe: NonNull<Pending>, bio: OwnedBio) -> bool {
+        // SAFETY: `pe`'s queue fields are protected by the bucket locks the
+        // caller holds (`_locks`).
+        let pe = unsafe { &mut *pe.as_ptr() };
+        pe.snapshot_bios.push(bio);
+        !core::mem::replace(&mut pe.started, true)
+    }
+
+    /// Claims `pe` for a whole-chunk write when no copy started yet
+    /// (`!pe->started && io_overlaps_chunk`). Buckets locked.
+    pub(crate) fn claim_for_full_write(_locks: &ChunkLocks<'_>, pe: NonNull<Pending>) -> bool {
+        // SAFETY: as in `queue_snapshot_bio`.
+        let pe = unsafe { &mut *pe.as_ptr() };
+        !core::mem::replace(&mut pe.started, true)
+    }
+
+    /// One snapshot's part of an origin write to `sector` (`__origin_write`
+    /// loop body): makes sure the chunk is copied, queues `bio` on the first
+    /// pending exception it needs, starts copies. Holds the registry lock.
+    pub(crate) fn origin_write_one(
+        &self,
+        sector: u64,
+        bio: &mut Option<OwnedBio>,
+        start_last: &mut Option<NonNull<Pending>>,
+    ) {
+        if sector >= self.ti.table_size() {
+            return;
+        }
+        let chunk = self.geometry.chunk_of(sector);
+        let state = self.state.read();
+        let locks = self.lock_chunk(chunk);
+        if !state.valid || !state.active {
+            return;
+        }
+        if Self::lookup_pending(&locks, chunk).is_none() && locks.complete.lookup(chunk).is_some() {
+            return;
+        }
+        let (locks, r) = self.find_or_make_pending(locks, chunk);
+        let pe = match r {
+            Ok(Some(pe)) => pe,
+            Ok(None) => return,
+            Err(()) => {
+                drop(locks);
+                drop(state);
+                self.invalidate(true);
+                return;
+            }
+        };
+        // SAFETY: `pe`'s fields are protected by the bucket locks we hold.
+        let p = unsafe { &mut *pe.as_ptr() };
+        let mut start_now = false;
+        if let Some(b) = bio.take() {
+            p.origin_bios.push(b);
+            if !core::mem::replace(&mut p.started, true) {
+                *start_last = Some(pe);
+            }
+        } else if !core::mem::replace(&mut p.started, true) {
+            start_now = true;
+        }
+        drop(locks);
+        drop(state);
+        if start_now {
+            // SAFETY: we marked it started; it completes only after its copy.
+            unsafe { Self::start_copy(pe) };
+        }
+    }
+
+    /// Copies the origin chunk of `pe` to its COW chunk (`start_copy`).
+    ///
+    /// # Safety
+    ///
+    /// `pe` is a pending exception the caller just marked started (so it is
+    /// valid, and nobody else starts it); call with no bucket lock held.
+    pub(crate) unsafe fn start_copy(pe: NonNull<Pending>) {
+        // SAFETY: contract; `snap` outlives its pending exceptions (dtr waits).
+        let (s, old, new) = unsafe {
+            let p = pe.as_ref();
+            (p.snap.as_ref(), p.e.old_chunk, p.e.new_chunk)
+        };
+        let g = s.geometry;
+        let count = g.copy_len(old, s.origin.nr_sectors());
+        let src = Region {
+            dev: &s.origin,
+            sector: g.sector_of(old),
+            count,
+        };
+        let dest = Region {
+            dev: &s.cow,
+            sector: g.sector_of(new),
+            count,
+        };
+        s.account_start_copy();
+        s.kcopyd.copy(&src, &dest, pe);
+    }
+
+    /// Writes a whole-chunk snapshot write straight to the COW instead of
+    /// copying the origin chunk first (`start_full_bio`).
+    ///
+    /// # Safety
+    ///
+    /// As [`Snap::start_copy`]; `bio` already points at the COW chunk.
+    pub(crate) unsafe fn start_full_bio(pe: NonNull<Pending>, mut bio: OwnedBio) {
+        // SAFETY: contract.
+        let s = unsafe { pe.as_ref().snap.as_ref() };
+        s.account_start_copy();
+        let full = s.kcopyd.redirect_completion(&mut bio, pe);
+        // SAFETY: we started `pe`, so nobody else touches `full_bio` until
+        // its completion, which cannot run before the bio is submitted below.
+        unsafe { (*pe.as_ptr()).full_bio = Some(full) };
+        bio.submit();
+    }
+
+    /// Zeroes a whole copied chunk for a discard (`zero_exception`); the
+    /// bio, already pointing at the COW chunk, completes when it is done.
+    pub(crate) fn zero_chunk(&self, mut bio: OwnedBio) {
+        let region = Region {
+            dev: &self.cow,
+            sector: bio.sector(),
+            count: u64::from(self.geometry.sectors()),
+        };
+        self.account_start_copy();
+        bio.set_private(NonNull::from(self).as_ptr().cast());
+        let job = ZeroJob::from_bio(bio);
+        self.kcopyd.zero(&region, job);
+    }
+
+    /// A copy finished: commit the exception and release its bios
+    /// (`copy_callback` -> `commit_exception` -> `pending_complete`).
+    fn copy_done(&self, pe: NonNull<Pending>, ok: bool) {
+        // The transient store commits at once; the persistent one will call
+        // back after its metadata write.
+        self.pending_complete(pe, ok);
+        self.account_end_copy();
+    }
+
+    fn pending_complete(&self, pe: NonNull<Pending>, success: bool) {
+        // SAFETY: `pe` is valid until we free it below; its chunk fields
+        // never change after insertion.
+        let (old, new) = unsafe { (pe.as_ref().e.old_chunk, pe.as_ref().e.new_chunk) };
+        let mut error = !success;
+        let mut merged = None;
+        let locks = if error {
+            self.invalidate(false);
+            self.lock_chunk(old)
+        } else if let Some(e) = alloc_noio(Exception::new(old, new)) {
+            let state = self.state.read();
+            let mut locks = self.lock_chunk(old);
+            if !state.valid {
+                drop(state);
+                merged = Some(e);
+                error = true;
+                locks
+            } else {
+                // SAFETY: `e` is fresh and ours; the table owns it from now
+                // on (or hands it back merged, to free after unlocking).
+                merged = unsafe { locks.complete.insert(e) };
+                // Snapshot reads of this chunk go to the COW from now on;
+                // the pending entry keeps origin writes out meanwhile.
+                drop(state);
+                if self.track_slot(old).load(Ordering::Acquire) != 0 {
+                    drop(locks);
+                    while self.track_slot(old).load(Ordering::Acquire) != 0 {
+                        // SAFETY: plain sleep; no lock held.
+                        unsafe { sys::dmsr_fsleep(1000) };
+                    }
+                    locks = self.lock_chunk(old);
+                }
+                locks
+            }
+        } else {
+            self.invalidate(true);
+            error = true;
+            self.lock_chunk(old)
+        };
+        let mut locks = locks;
+        locks.pending.remove(pe.cast::<Exception>());
+        drop(locks);
+        if let Some(e) = merged {
+            // SAFETY: came from `alloc_noio` and is in no table.
+            unsafe { free_noio(e) };
+        }
+        // SAFETY: removed from the table: we are the only user of `pe` now.
+        let p = unsafe { &mut *pe.as_ptr() };
+        let mut snapshot_bios = p.snapshot_bios.take();
+        let mut origin_bios = p.origin_bios.take();
+        // SAFETY: the copy (or full write) finished before this callback.
+        let full = p.full_bio.take().map(|f| unsafe { f.finish() });
+        if let Some(f) = full {
+            f.end(!error);
+        }
+        while let Some(b) = snapshot_bios.pop() {
+            if error {
+                b.end(false);
+            } else {
+                b.submit();
+            }
+        }
+        while let Some(b) = origin_bios.pop() {
+            if let Some(b) = do_origin(self.origin.raw_bdev(), b, false) {
+                b.submit();
+            }
+        }
+        // SAFETY: unlinked and drained above.
+        unsafe { self.free_pending(pe) };
+    }
+}
+
+/// A discard zeroing its COW chunk: the bio itself is the kcopyd job, its
+/// snapshot in `bi_private`, as upstream does.
+#[repr(transparent)]
+struct ZeroJob(kernel::types::Opaque<kernel::bindings::bio>);
+
+impl ZeroJob {
+    fn from_bio(bio: OwnedBio) -> NonNull<ZeroJob> {
+        bio.into_job().cast::<ZeroJob>()
+    }
+}
+
+impl CopyJob for ZeroJob {
+    unsafe fn done(job: NonNull<Self>, ok: bool) {
+        // SAFETY: the job is the bio handed over in `zero_chunk`, whose
+        // completion we own again now; its private field is the snapshot,
+        // alive while its copies are in flight.
+        let bio = unsafe { OwnedBio::from_job(job.cast()) };
+        // SAFETY: see above.
+        let s = unsafe { &*bio.private().cast::<Snap>() };
+        s.account_end_copy();
+        bio.end(ok);
+    }
+}
+
+impl CopyJob for Pending {
+    unsafe fn done(job: NonNull<Self>, ok: bool) {
+        // SAFETY: the job is a live pending exception; its snapshot outlives it.
+        let s = unsafe { job.as_ref().snap.as_ref() };
+        s.copy_done(job, ok);
+    }
+}
+
+#[pinned_drop]
+impl PinnedDrop for Snap {
+    fn drop(self: Pin<&mut Self>) {
+        // `snapshot_dtr`: no new origin-triggered exceptions after
+        // unregistering; then wait for the pending ones to finish. The
+        // fields then drop in order: kcopyd (waits for its jobs), tables...
+        if self.registered.load(Ordering::Acquire) {
+            Registry::get().unregister(NonNull::from(&*self));
+        }
+        while self.pending_count.load(Ordering::Acquire) != 0 {
+            // SAFETY: plain sleep; dtr holds no lock.
+            unsafe { sys::dmsr_fsleep(1000) };
+        }
+        // SAFETY: we only unpin the tables, which are not structurally
+        // pinned, to free the completed exceptions they still hold.
+        let this = unsafe { self.get_unchecked_mut() };
+        this.complete.drain(|e| {
+            // SAFETY: completed exceptions come from `alloc_noio`.
+            unsafe { free_noio(e) }
+        });
+    }
+}

@@ -1,0 +1,297 @@
+//! The global origin registry: how an origin write finds every snapshot of
+//! its device, and how a resuming snapshot finds its origin's mapped device
+//! (upstream's `_origins`, `_dm_origins` and `_origins_lock`).
+//!
+//! Lock order (outer to inner), as upstream's:
+//!
+//! ```text
+//! Registry::origins (rwsem)
+//!   -> Snap::state (rwsem)
+//!        -> complete-table bucket bit lock -> pending-table bucket bit lock
+//!             -> Snap::store (spinlock: pe_allocation_lock)
+//! leaves: the throttle lock
+//! ```
+//!
+//! Snapshots are registered by raw pointer: a snapshot unregisters itself
+//! (under the write lock) before it is freed, and pointers are only
+//! dereferenced under the read lock, so every registered pointer is live.
+
+use super::cow::Snap;
+use crate::dm::{OwnedBio, TargetRef};
+use crate::new_rwsem;
+use crate::sync::RwSem;
+use core::ptr::NonNull;
+use core::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
+use kernel::bindings;
+use kernel::new_condvar;
+use kernel::new_spinlock;
+use kernel::prelude::*;
+use kernel::sync::{CondVar, SpinLock};
+
+/// The snapshots of one origin device, largest chunk size first.
+pub(crate) struct OriginSnaps {
+    bdev: usize,
+    pub(crate) snaps: KVec<NonNull<Snap>>,
+}
+
+/// A resumed `snapshot-origin` target of a device.
+struct DmOrigin {
+    bdev: usize,
+    ti: TargetRef,
+}
+
+/// Everything the registry lock protects.
+#[derive(Default)]
+pub(crate) struct Origins {
+    origins: KVec<OriginSnaps>,
+    dm_origins: KVec<DmOrigin>,
+}
+
+// SAFETY: the pointers are to registered snapshots, used only under the
+// registry lock (see the module doc).
+unsafe impl Send for Origins {}
+// SAFETY: as above.
+unsafe impl Sync for Origins {}
+
+impl Origins {
+    /// The snapshots of origin `bdev`, if any.
+    pub(crate) fn find(&self, bdev: *mut bindings::block_device) -> Option<&OriginSnaps> {
+        self.origins.iter().find(|o| o.bdev == bdev as usize)
+    }
+
+    /// Each registered snapshot of origin `bdev`.
+    pub(crate) fn snaps(&self, bdev: *mut bindings::block_device) -> impl Iterator<Item = &Snap> {
+        self.find(bdev)
+            .into_iter()
+            .flat_map(|o| o.snaps.iter())
+            // SAFETY: registered snapshots are live while the lock is held.
+            .map(|p| unsafe { p.as_ref() })
+    }
+
+    /// The mapped device of a resumed origin target on `bdev`.
+    pub(crate) fn dm_origin(&self, bdev: *mut bindings::block_device) -> Option<TargetRef> {
+        self.dm_origins.iter().find(|o| o.bdev == bdev as usize).map(|o| o.ti)
+    }
+
+    /// Smallest chunk size of the snapshots of `bdev` in sectors, 2^31 if
+    /// none (`__minimum_chunk_size`).
+    pub(crate) fn minimum_chunk_size(&self, bdev: *mut bindings::block_device) -> u32 {
+        self.snaps(bdev)
+            .map(|s| s.chunk_sectors())
+            .filter(|&c| c != 0)
+            .fold(1 << 31, u32::min)
+    }
+}
+
+/// The registry: one per module.
+#[pin_data]
+pub(crate) struct Registry {
+    #[pin]
+    origins: RwSem<Origins>,
+    /// COW throttle waiters sleep here; see [`Registry::wait_for_wake`].
+    #[pin]
+    throttle_lock: SpinLock<()>,
+    #[pin]
+    throttle_wait: CondVar,
+    throttle_waiters: AtomicUsize,
+    throttle_gen: AtomicUsize,
+}
+
+static REGISTRY: AtomicPtr<Registry> = AtomicPtr::new(core::ptr::null_mut());
+
+impl Registry {
+    /// Creates the module's registry and makes it reachable from the
+    /// targets; the returned box must outlive every target (the module
+    /// drops it after unregistering them).
+    pub(crate) fn install() -> Result<Pin<KBox<Registry>>> {
+        let r = KBox::pin_init(
+            pin_init!(Registry {
+                origins <- new_rwsem!(Origins::default(), "dm_snap_rs:origins"),
+                throttle_lock <- new_spinlock!((), "dm_snap_rs:throttle"),
+                throttle_wait <- new_condvar!("dm_snap_rs:throttle_wait"),
+                throttle_waiters: AtomicUsize::new(0),
+                throttle_gen: AtomicUsize::new(0),
+            }),
+            GFP_KERNEL,
+        )?;
+        REGISTRY.store(&*r as *const Registry as *mut Registry, Ordering::Release);
+        Ok(r)
+    }
+
+    /// Makes the registry unreachable (module exit, after the targets).
+    pub(crate) fn uninstall() {
+        REGISTRY.store(core::ptr::null_mut(), Ordering::Release);
+    }
+
+    /// The module's registry.
+    pub(crate) fn get() -> &'static Registry {
+        let p = REGISTRY.load(Ordering::Acquire);
+        // SAFETY: installed before the targets are registered and
+        // uninstalled after they are unregistered; every caller runs inside
+        // a target hook or a job of a live target, so it is set and alive.
+        unsafe { &*p }
+    }
+
+    /// Read access (`down_read(&_origins_lock)`).
+    pub(crate) fn read(&self) -> crate::sync::rwsem::ReadGuard<'_, Origins> {
+        self.origins.read()
+    }
+
+    /// Adds `snap` to its origin's list, sorted by chunk size, largest first.
+    pub(crate) fn register(&self, snap: NonNull<Snap>, bdev: *mut bindings::block_device) -> Result {
+        let mut o = self.origins.write();
+        let key = bdev as usize;
+        let idx = match o.origins.iter().position(|e| e.bdev == key) {
+            Some(i) => i,
+            None => {
+                o.origins.push(
+                    OriginSnaps {
+                        bdev: key,
+                        snaps: KVec::new(),
+                    },
+                    GFP_KERNEL,
+                )?;
+                o.origins.len() - 1
+            }
+        };
+        let list = &mut o.origins[idx].snaps;
+        list.push(snap, GFP_KERNEL)?;
+        sort_by_chunk(list);
+        Ok(())
+    }
+
+    /// Re-sorts after a snapshot learnt its chunk size (`reregister_snapshot`).
+    pub(crate) fn resort(&self, bdev: *mut bindings::block_device) {
+        let mut o = self.origins.write();
+        if let Some(e) = o.origins.iter_mut().find(|e| e.bdev == bdev as usize) {
+            sort_by_chunk(&mut e.snaps);
+        }
+    }
+
+    /// Removes `snap`; after this returns no origin write can reach it.
+    pub(crate) fn unregister(&self, snap: NonNull<Snap>) {
+        let mut o = self.origins.write();
+        for i in 0..o.origins.len() {
+            let list = &mut o.origins[i].snaps;
+            if let Some(j) = list.iter().position(|&p| p == snap) {
+                remove_at(list, j);
+                if list.is_empty() {
+                    remove_at(&mut o.origins, i);
+                }
+                return;
+            }
+        }
+    }
+
+    /// Records a resumed origin target (`origin_resume`); returns the split
+    /// boundary for its writes.
+    pub(crate) fn add_dm_origin(&self, bdev: *mut bindings::block_device, ti: TargetRef) -> Result<u32> {
+        let mut o = self.origins.write();
+        if !o.dm_origins.iter().any(|d| d.ti == ti) {
+            o.dm_origins.push(DmOrigin { bdev: bdev as usize, ti }, GFP_KERNEL)?;
+        }
+        Ok(o.minimum_chunk_size(bdev))
+    }
+
+    /// Forgets a suspended origin target (`origin_postsuspend`).
+    pub(crate) fn remove_dm_origin(&self, ti: TargetRef) {
+        let mut o = self.origins.write();
+        if let Some(i) = o.dm_origins.iter().position(|d| d.ti == ti) {
+            remove_at(&mut o.dm_origins, i);
+        }
+    }
+
+    /// The current wake generation: read it under the lock that made the
+    /// caller decide to wait, then [`Registry::wait_for_wake`] with it.
+    pub(crate) fn wake_generation(&self) -> usize {
+        self.throttle_gen.load(Ordering::SeqCst)
+    }
+
+    /// Sleeps until some snapshot finishes a copy after generation `gen`
+    /// (upstream's `wait_for_in_progress` sleep). The caller holds no lock
+    /// and re-evaluates everything afterwards. Waiters count themselves
+    /// before checking the generation, and wakers bump it before checking
+    /// for waiters, so a wakeup cannot fall between check and sleep.
+    pub(crate) fn wait_for_wake(&self, gen: usize) {
+        let mut t = self.throttle_lock.lock();
+        self.throttle_waiters.fetch_add(1, Ordering::SeqCst);
+        if self.throttle_gen.load(Ordering::SeqCst) == gen {
+            self.throttle_wait.wait(&mut t);
+        }
+        self.throttle_waiters.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// A copy finished: wake the throttled writers to re-check.
+    pub(crate) fn throttle_wake(&self) {
+        self.throttle_gen.fetch_add(1, Ordering::SeqCst);
+        if self.throttle_waiters.load(Ordering::SeqCst) != 0 {
+            let _t = self.throttle_lock.lock();
+            self.throttle_wait.notify_all();
+        }
+    }
+}
+
+/// Removes element `i`, keeping the order of the others (6.12's `KVec`
+/// has no `remove`); never allocates, so it is safe in any teardown path.
+fn remove_at<T>(v: &mut KVec<T>, i: usize) {
+    let n = v.len();
+    if i >= n {
+        return;
+    }
+    for k in i..n - 1 {
+        v.swap(k, k + 1);
+    }
+    // SAFETY: element `n - 1` is initialised; we take it out and shrink the
+    // length by one so that it is not dropped twice.
+    let last = unsafe {
+        let last = core::ptr::read(v.as_ptr().add(n - 1));
+        v.set_len(n - 1);
+        last
+    };
+    drop(last);
+}
+
+fn sort_by_chunk(list: &mut KVec<NonNull<Snap>>) {
+    // Insertion sort: lists are a handful long. Largest chunk first.
+    for i in 1..list.len() {
+        let mut j = i;
+        // SAFETY: registered snapshots are live; we hold the write lock.
+        while j > 0 && unsafe { list[j - 1].as_ref().chunk_sectors() < list[j].as_ref().chunk_sectors() } {
+            list.swap(j - 1, j);
+            j -= 1;
+        }
+    }
+}
+
+/// An origin write: copy the chunk in every snapshot that still shares it,
+/// queueing `bio` until they all have (`do_origin`). Returns the bio when
+/// it can go to the origin now. `limit` applies the COW throttle (writes
+/// through the origin target; not retries).
+pub(crate) fn do_origin(bdev: *mut bindings::block_device, bio: OwnedBio, limit: bool) -> Option<OwnedBio> {
+    let reg = Registry::get();
+    loop {
+        let origins = reg.read();
+        if limit && origins.snaps(bdev).any(|s| s.over_cow_threshold()) {
+            let gen = reg.wake_generation();
+            drop(origins);
+            reg.wait_for_wake(gen);
+            continue;
+        }
+        return origin_write(&origins, bdev, bio);
+    }
+}
+
+fn origin_write(origins: &Origins, bdev: *mut bindings::block_device, bio: OwnedBio) -> Option<OwnedBio> {
+    let sector = bio.sector();
+    let mut bio = Some(bio);
+    let mut start_last: Option<NonNull<super::cow::Pending>> = None;
+    for s in origins.snaps(bdev) {
+        s.origin_write_one(sector, &mut bio, &mut start_last);
+    }
+    if let Some(pe) = start_last {
+        // SAFETY: the pending exception was marked started by us and is
+        // not completed before its copy is started.
+        unsafe { Snap::start_copy(pe) };
+    }
+    bio
+}

@@ -1,0 +1,45 @@
+//! Exception stores: where a snapshot allocates COW chunks and records its
+//! exceptions (upstream's `dm-exception-store.[ch]`). A small enum for now:
+//! the transient store; the persistent store joins it later without the
+//! targets changing.
+
+use crate::logic::chunk::{Chunk, ChunkGeometry};
+use crate::logic::transient::{TransientStore, Usage};
+use core::fmt::{self, Write};
+
+/// A snapshot's exception store.
+pub(crate) enum Store {
+    /// `N`: in memory only.
+    Transient(TransientStore),
+}
+
+impl Store {
+    /// The chunk geometry the store uses.
+    pub(crate) fn geometry(&self) -> ChunkGeometry {
+        match self {
+            Store::Transient(t) => t.geometry(),
+        }
+    }
+
+    /// Allocates a COW chunk for a new exception (`prepare_exception`);
+    /// `None` when the COW is full. Called under the allocation spinlock.
+    pub(crate) fn prepare_exception(&mut self) -> Option<Chunk> {
+        match self {
+            Store::Transient(t) => t.prepare_exception(),
+        }
+    }
+
+    /// Space use for `dmsetup status`.
+    pub(crate) fn usage(&self) -> Usage {
+        match self {
+            Store::Transient(t) => t.usage(),
+        }
+    }
+
+    /// The store's part of the table line (`" N 16"`).
+    pub(crate) fn status_table(&self, out: &mut impl Write) -> fmt::Result {
+        match self {
+            Store::Transient(t) => write!(out, " N {}", t.geometry().sectors()),
+        }
+    }
+}
