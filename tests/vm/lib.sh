@@ -46,6 +46,7 @@ nullb_create() {
 	echo "$2" >"$d/size"
 	echo "${3:-512}" >"$d/blocksize"
 	echo 1 >"$d/memory_backed"
+	echo 1 >"$d/discard"
 	echo 2 >"$d/queue_mode"
 	echo 1 >"$d/power"
 	# null_blk names a configfs-made disk after its directory.

@@ -1,0 +1,70 @@
+#!/bin/sh
+# A deterministic random workload on one origin and up to 4 transient
+# snapshots, for differential testing against the C driver:
+#   workload.sh CHUNK SEED OUT
+# The loaded driver (ours or upstream's) serves it; OUT gets every read's
+# checksum, the final checksums of the origin and each snapshot, and their
+# status and table lines. Same CHUNK and SEED give the same operations.
+. /payload/tests/vm/lib.sh
+CHUNK=$1 SEED=$2 OUT=$3
+OMB=24 CMB=8 NOPS=${NOPS:-120}
+O=$(nullb_create wl_o $OMB) || exit 1
+for i in 1 2 3 4; do nullb_create wl_c$i $CMB >/dev/null || exit 1; done
+[ -f /tmp/wl.pat ] || pattern /tmp/wl.pat 4
+dd if=/tmp/wl.pat of=$O bs=1M count=4 oflag=direct 2>/dev/null
+SECT=$(blockdev --getsz $O)
+echo "0 $SECT snapshot-origin $O" | dmsetup create wl-origin || exit 1
+: >"$OUT"
+nsnap=0
+# Operation list: awk's generator, seeded, identical for both drivers.
+awk -v seed="$SEED" -v n="$NOPS" -v sect="$SECT" 'BEGIN {
+	srand(seed)
+	print "snap"
+	for (i = 0; i < n; i++) {
+		r = rand()
+		len = int(rand() * 64) + 1            # 1..64 sectors
+		if (rand() < 0.15) { len = 1; k = int(rand() * 11); while (k-- > 0) len *= 2 }   # up to 1024
+		off = int(rand() * (sect - len))
+		if (rand() < 0.5) off = off - off % 8
+		pat = int(rand() * 4096)
+		s = int(rand() * 4) + 1
+		if (r < 0.05) print "snap"
+		else if (r < 0.45) print "ow", off, len, pat
+		else if (r < 0.70) print "sw", s, off, len, pat
+		else print "sr", s, off, len
+	}
+}' >/tmp/wl.ops || exit 1
+[ "$(wc -l </tmp/wl.ops)" -gt "$NOPS" ] || { echo "workload generation failed" >>"$OUT"; exit 1; }
+while read -r op a b c d; do
+	case $op in
+	snap)
+		[ $nsnap -ge 4 ] && continue
+		nsnap=$((nsnap + 1))
+		dmsetup suspend wl-origin
+		echo "0 $SECT snapshot $O /dev/wl_c$nsnap N $CHUNK" | dmsetup create wl-s$nsnap ||
+			echo "create wl-s$nsnap failed" >>"$OUT"
+		dmsetup resume wl-origin
+		;;
+	ow) dd if=/tmp/wl.pat of=/dev/mapper/wl-origin bs=512 seek=$a count=$b skip=$c oflag=direct 2>/dev/null ||
+		echo "ow $a $b: error" >>"$OUT" ;;
+	sw) [ $a -le $nsnap ] || continue
+		dd if=/tmp/wl.pat of=/dev/mapper/wl-s$a bs=512 seek=$b count=$c skip=$d oflag=direct 2>/dev/null ||
+			echo "sw $a $b $c: error" >>"$OUT" ;;
+	sr) [ $a -le $nsnap ] || continue
+		r=$(dd if=/dev/mapper/wl-s$a bs=512 skip=$b count=$c iflag=direct 2>/dev/null | md5sum | cut -c1-12)
+		echo "sr $a $b $c $r" >>"$OUT" ;;
+	esac
+done </tmp/wl.ops
+echo "origin $(dd if=/dev/mapper/wl-origin bs=1M iflag=direct 2>/dev/null | md5sum | cut -c1-32)" >>"$OUT"
+i=1
+while [ $i -le $nsnap ]; do
+	echo "s$i $(dd if=/dev/mapper/wl-s$i bs=1M iflag=direct 2>/dev/null | md5sum | cut -c1-32)" >>"$OUT"
+	echo "s$i status: $(dmsetup status wl-s$i)" >>"$OUT"
+	echo "s$i table: $(dmsetup table wl-s$i)" >>"$OUT"
+	i=$((i + 1))
+done
+echo "origin status: $(dmsetup status wl-origin)" >>"$OUT"
+i=$nsnap
+while [ $i -ge 1 ]; do dmsetup remove wl-s$i; i=$((i - 1)); done
+dmsetup remove wl-origin
+nullb_remove wl_o; for i in 1 2 3 4; do nullb_remove wl_c$i; done
