@@ -84,7 +84,15 @@ impl Kcopyd {
         // SAFETY: the client is live; regions are valid for the call (kcopyd
         // copies them); `job` stays valid until `done` (CopyJob contract).
         unsafe {
-            sys::dm_kcopyd_copy(self.0.as_ptr(), &mut s, 1, &mut d, 0, Some(notify::<J>), job.as_ptr().cast())
+            sys::dm_kcopyd_copy(
+                self.0.as_ptr(),
+                &mut s,
+                1,
+                &mut d,
+                0,
+                Some(notify::<J>),
+                job.as_ptr().cast(),
+            )
         };
     }
 
@@ -92,7 +100,16 @@ impl Kcopyd {
     pub fn zero<J: CopyJob>(&self, dest: &Region<'_>, job: NonNull<J>) {
         let mut d = dest.raw();
         // SAFETY: as in `copy`.
-        unsafe { sys::dm_kcopyd_zero(self.0.as_ptr(), 1, &mut d, 0, Some(notify::<J>), job.as_ptr().cast()) };
+        unsafe {
+            sys::dm_kcopyd_zero(
+                self.0.as_ptr(),
+                1,
+                &mut d,
+                0,
+                Some(notify::<J>),
+                job.as_ptr().cast(),
+            )
+        };
     }
 
     /// Makes `bio` (already pointing at its destination) stand in for a
@@ -104,7 +121,9 @@ impl Kcopyd {
         let b = bio.as_ptr();
         // SAFETY: the client is live; the callback is kcopyd-allocated and
         // consumed by `dm_kcopyd_do_callback` in `full_bio_end_io`.
-        let cb = unsafe { sys::dm_kcopyd_prepare_callback(self.0.as_ptr(), Some(notify::<J>), job.as_ptr().cast()) };
+        let cb = unsafe {
+            sys::dm_kcopyd_prepare_callback(self.0.as_ptr(), Some(notify::<J>), job.as_ptr().cast())
+        };
         // SAFETY: we own `b`; we redirect its completion to ourselves, keeping
         // the original to restore before the real completion.
         let saved = unsafe {
@@ -113,7 +132,10 @@ impl Kcopyd {
             (*b).bi_private = cb;
             saved
         };
-        FullBio { bio: b, end_io: saved }
+        FullBio {
+            bio: b,
+            end_io: saved,
+        }
     }
 }
 

@@ -25,7 +25,12 @@ impl<T> Mempool<T> {
     pub fn new(min: i32) -> Result<Self> {
         // SAFETY: plain constructor.
         let p = unsafe { sys::dmsr_mempool_create(min, core::mem::size_of::<T>()) };
-        NonNull::new(p).map(|pool| Self { pool, _p: PhantomData }).ok_or(ENOMEM)
+        NonNull::new(p)
+            .map(|pool| Self {
+                pool,
+                _p: PhantomData,
+            })
+            .ok_or(ENOMEM)
     }
 
     /// Allocates and moves `value` in, with `GFP_NOIO`: may sleep, never
@@ -69,7 +74,9 @@ impl<T> Drop for Mempool<T> {
 /// `GFP_ATOMIC`, as upstream allocates completed exceptions. May fail.
 pub fn alloc_noio<T>(value: T) -> Option<NonNull<T>> {
     // SAFETY: plain allocation of `size_of::<T>()` bytes.
-    let p = NonNull::new(unsafe { sys::dmsr_alloc_noio_atomic(core::mem::size_of::<T>()) }.cast::<T>())?;
+    let p = NonNull::new(
+        unsafe { sys::dmsr_alloc_noio_atomic(core::mem::size_of::<T>()) }.cast::<T>(),
+    )?;
     // SAFETY: fresh, kmalloc-aligned buffer of the right size.
     unsafe { p.as_ptr().write(value) };
     Some(p)

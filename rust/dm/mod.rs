@@ -15,7 +15,7 @@ pub mod status;
 pub mod target;
 
 pub use bio::Bio;
+pub use bio::{BioList, Mapped, OwnedBio};
 pub use device::TableDev;
 pub use status::{StatusBuf, StatusType};
-pub use bio::{BioList, Mapped, OwnedBio};
 pub use target::{CtrError, DeviceVisitor, Registration, Setup, Target, TargetOps, TargetRef};

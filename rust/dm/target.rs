@@ -179,6 +179,15 @@ impl TargetRef {
         MdRef(unsafe { sys::dm_table_get_md((*self.0).table) })
     }
 
+    /// Sets the largest bio dm core sends the target (`ti->max_io_len`),
+    /// as upstream does when a handover destination learns its chunk size.
+    pub fn set_max_io_len(&self, sectors: u32) {
+        // SAFETY: the target is alive (type invariant); dm core reads the
+        // field when splitting bios, and the device is suspended while this
+        // is called (resume).
+        unsafe { (*self.0).max_io_len = sectors };
+    }
+
     /// True if this target's device is suspended.
     pub fn is_suspended(&self) -> bool {
         // SAFETY: the target is alive (type invariant).
@@ -202,7 +211,10 @@ impl MdRef {
     /// Call while whatever made `self` valid (a registry lock) is held.
     pub fn hold(self) -> Option<HeldMd> {
         // SAFETY: the caller keeps the md alive for this call (see above).
-        (unsafe { sys::dm_hold(self.0) } == 0).then_some(HeldMd { md: self.0, suspended: false })
+        (unsafe { sys::dm_hold(self.0) } == 0).then_some(HeldMd {
+            md: self.0,
+            suspended: false,
+        })
     }
 }
 

@@ -11,7 +11,7 @@
 //! and the tables re-checked after; copies are started, bios submitted and
 //! ended, and conflicting reads waited for only with the buckets unlocked.
 
-use super::registry::{do_origin, Registry};
+use super::registry::{do_origin, HandoverError, Registry};
 use super::store::Store;
 use crate::bindings as sys;
 use crate::dm::kcopyd::{CopyJob, FullBio, Kcopyd, Region};
@@ -27,7 +27,32 @@ use kernel::new_spinlock;
 use kernel::prelude::*;
 use kernel::sync::SpinLock;
 
-/// Most snapshot state read per chunk; written rarely (`s->lock`).
+/// What a handover moves from the old table's snapshot to the new one's:
+/// the completed exceptions, the store and its chunk geometry (upstream
+/// swaps `s->complete` and `s->store`).
+#[pin_data(PinnedDrop)]
+pub(crate) struct Exceptions {
+    complete: Table,
+    /// The store's allocator (`pe_allocation_lock`).
+    #[pin]
+    store: SpinLock<Store>,
+    geometry: ChunkGeometry,
+}
+
+#[pinned_drop]
+impl PinnedDrop for Exceptions {
+    fn drop(self: Pin<&mut Self>) {
+        // SAFETY: only the table, which is not structurally pinned, is
+        // reached; its entries are freed, nothing is moved.
+        let this = unsafe { self.get_unchecked_mut() };
+        this.complete.drain(|e| {
+            // SAFETY: completed exceptions come from `alloc_noio`.
+            unsafe { free_noio(e) }
+        });
+    }
+}
+
+/// Snapshot state read per chunk and written rarely (`s->lock`).
 pub(crate) struct State {
     /// Not invalidated (COW full or failed).
     pub(crate) valid: bool,
@@ -35,6 +60,24 @@ pub(crate) struct State {
     pub(crate) active: bool,
     /// A `PO` store ran out of space: writes fail, reads work.
     pub(crate) overflowed: bool,
+    /// Waiting to take over the exceptions of an older table on the same
+    /// COW at its first resume (a handover destination).
+    pub(crate) handover_dest: bool,
+    pub(crate) exc: Pin<KBox<Exceptions>>,
+}
+
+impl State {
+    /// The chunk geometry of the current store.
+    pub(crate) fn geometry(&self) -> ChunkGeometry {
+        self.exc.geometry
+    }
+
+    /// The store, under its allocation lock.
+    pub(crate) fn store(
+        &self,
+    ) -> kernel::sync::lock::Guard<'_, Store, kernel::sync::lock::spinlock::SpinLockBackend> {
+        self.exc.store.lock()
+    }
 }
 
 type Table = ExceptionTable<KVec<AtomicUsize>, HlistBl>;
@@ -67,6 +110,7 @@ pub(crate) struct ChunkLocks<'a> {
 pub(crate) struct Pending {
     e: Exception,
     snap: NonNull<Snap>,
+    geometry: ChunkGeometry,
     /// Fields below are protected by the chunk's bucket locks.
     started: bool,
     origin_bios: BioList,
@@ -88,13 +132,9 @@ pub(crate) struct Snap {
     valid_hint: AtomicBool,
     // Dropped first: waits for every copy in flight.
     kcopyd: Kcopyd,
-    complete: Table,
     pending: Table,
     pending_pool: Mempool<Pending>,
     pending_count: AtomicUsize,
-    #[pin]
-    store: SpinLock<Store>,
-    geometry: ChunkGeometry,
     tracked: KVec<AtomicU32>,
     in_progress: AtomicU32,
     registered: AtomicBool,
@@ -136,23 +176,39 @@ impl Snap {
         let (nc, np) = table_sizes(a.cow.nr_sectors(), geometry.shift(), MAX_TABLE_BYTES / 8);
         let complete = new_table(nc, 8).map_err(|_| SnapInitError::HashTables)?;
         let pending = new_table(np, 0).map_err(|_| SnapInitError::HashTables)?;
-        let mut tracked = KVec::with_capacity(TRACK_SLOTS, GFP_KERNEL).map_err(|_| SnapInitError::HashTables)?;
+        let mut tracked =
+            KVec::with_capacity(TRACK_SLOTS, GFP_KERNEL).map_err(|_| SnapInitError::HashTables)?;
         for _ in 0..TRACK_SLOTS {
-            tracked.push(AtomicU32::new(0), GFP_KERNEL).map_err(|_| SnapInitError::HashTables)?;
+            tracked
+                .push(AtomicU32::new(0), GFP_KERNEL)
+                .map_err(|_| SnapInitError::HashTables)?;
         }
         let kcopyd = Kcopyd::new().map_err(SnapInitError::Kcopyd)?;
         let pending_pool = Mempool::new(MIN_IOS).map_err(|_| SnapInitError::Mempool)?;
+        let exc = KBox::pin_init(
+            pin_init!(Exceptions {
+                complete,
+                store <- new_spinlock!(a.store, "dm_snap_rs:pe_allocation"),
+                geometry,
+            }),
+            GFP_KERNEL,
+        )
+        .map_err(|_| SnapInitError::HashTables)?;
+        let state = State {
+            valid: true,
+            active: false,
+            overflowed: false,
+            handover_dest: false,
+            exc,
+        };
         KBox::pin_init(
             pin_init!(Snap {
-                state <- new_rwsem!(State { valid: true, active: false, overflowed: false }, "dm_snap_rs:snap"),
+                state <- new_rwsem!(state, "dm_snap_rs:snap"),
                 valid_hint: AtomicBool::new(true),
                 kcopyd,
-                complete,
                 pending,
                 pending_pool,
                 pending_count: AtomicUsize::new(0),
-                store <- new_spinlock!(a.store, "dm_snap_rs:pe_allocation"),
-                geometry,
                 tracked,
                 in_progress: AtomicU32::new(0),
                 registered: AtomicBool::new(false),
@@ -167,27 +223,18 @@ impl Snap {
         .map_err(|_| SnapInitError::Mempool)
     }
 
-    /// Adds the snapshot to the origin registry (`register_snapshot`).
-    pub(crate) fn register(self: Pin<&Self>) -> Result {
+    /// Adds the snapshot to the origin registry (`register_snapshot`);
+    /// `Ok(true)` if it is to take over an older table's exceptions.
+    pub(crate) fn register(self: Pin<&Self>) -> Result<bool, HandoverError> {
         let p = NonNull::from(self.get_ref());
-        Registry::get().register(p, self.origin.raw_bdev())?;
+        let dest = Registry::get().register(p, self.origin.raw_bdev())?;
         self.registered.store(true, Ordering::Release);
-        Ok(())
+        Ok(dest)
     }
 
-    /// Chunk size in sectors.
+    /// Chunk size in sectors (takes the state lock for read).
     pub(crate) fn chunk_sectors(&self) -> u32 {
-        self.geometry.sectors()
-    }
-
-    /// The chunk geometry.
-    pub(crate) fn geometry(&self) -> ChunkGeometry {
-        self.geometry
-    }
-
-    /// The store, under its spinlock (for status).
-    pub(crate) fn store(&self) -> kernel::sync::lock::Guard<'_, Store, kernel::sync::lock::spinlock::SpinLockBackend> {
-        self.store.lock()
+        self.state.read().geometry().sectors()
     }
 
     /// Unlocked validity check for the fast path (`if (!s->valid)`).
@@ -195,9 +242,9 @@ impl Snap {
         self.valid_hint.load(Ordering::Relaxed)
     }
 
-    /// Locks the bucket pair of `chunk`.
-    pub(crate) fn lock_chunk(&self, chunk: Chunk) -> ChunkLocks<'_> {
-        let complete = self.complete.lock(chunk);
+    /// Locks the bucket pair of `chunk`; `st` is the state, locked.
+    pub(crate) fn lock_chunk<'a>(&'a self, st: &'a State, chunk: Chunk) -> ChunkLocks<'a> {
+        let complete = st.exc.complete.lock(chunk);
         let pending = self.pending.lock(chunk);
         ChunkLocks { pending, complete }
     }
@@ -263,6 +310,28 @@ impl Snap {
         self.ti.table_event();
     }
 
+    /// Moves the exceptions, store and validity of `src` (the snapshot of
+    /// an older table on the same COW) to `dst` (`__handover_exceptions`).
+    /// Both are write-locked and quiesced: no pending exceptions exist.
+    pub(crate) fn handover(src: &Snap, src_st: &mut State, dst: &Snap, dst_st: &mut State) {
+        core::mem::swap(&mut src_st.exc, &mut dst_st.exc);
+        dst_st.valid = src_st.valid;
+        dst_st.overflowed = src_st.overflowed;
+        dst_st.handover_dest = false;
+        src_st.valid = false;
+        src.valid_hint.store(false, Ordering::Relaxed);
+        dst.valid_hint.store(dst_st.valid, Ordering::Relaxed);
+    }
+
+    /// Invalidates a handover destination whose source went away
+    /// (`snapshot_dtr`: "Cancelling snapshot handover.").
+    pub(crate) fn cancel_handover(&self) {
+        let mut st = self.state.write();
+        st.valid = false;
+        self.valid_hint.store(false, Ordering::Relaxed);
+        pr_err!("snapshots: Cancelling snapshot handover.\n");
+    }
+
     /// Marks the snapshot active after its first resume.
     pub(crate) fn activate(&self) {
         self.state.write().active = true;
@@ -270,11 +339,12 @@ impl Snap {
 
     /// A new pending exception for `chunk`, from the mempool; may sleep, so
     /// call with no bucket lock held.
-    fn alloc_pending(&self, chunk: Chunk) -> NonNull<Pending> {
+    fn alloc_pending(&self, geometry: ChunkGeometry, chunk: Chunk) -> NonNull<Pending> {
         self.pending_count.fetch_add(1, Ordering::AcqRel);
         self.pending_pool.alloc(Pending {
             e: Exception::new(chunk, 0),
             snap: NonNull::from(self),
+            geometry,
             started: false,
             origin_bios: BioList::new(),
             snapshot_bios: BioList::new(),
@@ -302,14 +372,22 @@ impl Snap {
     /// The COW chunk of `chunk` if it is already copied (buckets locked).
     pub(crate) fn lookup_complete(locks: &ChunkLocks<'_>, chunk: Chunk) -> Option<Chunk> {
         // SAFETY: an entry found under its bucket lock is valid.
-        locks.complete.lookup(chunk).map(|e| unsafe { e.as_ref() }.remap(chunk))
+        locks
+            .complete
+            .lookup(chunk)
+            .map(|e| unsafe { e.as_ref() }.remap(chunk))
     }
 
     /// Allocates a COW chunk for `pe` and inserts it in the pending table
     /// (`__insert_pending_exception`); `None` (and `pe` freed) when the COW
     /// is full.
-    fn insert_pending(&self, locks: &mut ChunkLocks<'_>, pe: NonNull<Pending>) -> Option<NonNull<Pending>> {
-        let new_chunk = self.store.lock().prepare_exception();
+    fn insert_pending(
+        &self,
+        st: &State,
+        locks: &mut ChunkLocks<'_>,
+        pe: NonNull<Pending>,
+    ) -> Option<NonNull<Pending>> {
+        let new_chunk = st.store().prepare_exception();
         match new_chunk {
             Some(c) => {
                 // SAFETY: `pe` is ours and in no table; it stays valid until
@@ -335,6 +413,7 @@ impl Snap {
     /// that the COW is full.
     pub(crate) fn find_or_make_pending<'a>(
         &'a self,
+        st: &'a State,
         locks: ChunkLocks<'a>,
         chunk: Chunk,
     ) -> (ChunkLocks<'a>, Result<Option<NonNull<Pending>>, ()>) {
@@ -342,8 +421,8 @@ impl Snap {
             return (locks, Ok(Some(pe)));
         }
         drop(locks);
-        let pe = self.alloc_pending(chunk);
-        let mut locks = self.lock_chunk(chunk);
+        let pe = self.alloc_pending(st.geometry(), chunk);
+        let mut locks = self.lock_chunk(st, chunk);
         if let Some(raced) = Self::lookup_pending(&locks, chunk) {
             // SAFETY: never inserted.
             unsafe { self.free_pending(pe) };
@@ -354,7 +433,7 @@ impl Snap {
             unsafe { self.free_pending(pe) };
             return (locks, Ok(None));
         }
-        let r = self.insert_pending(&mut locks, pe).map(Some).ok_or(());
+        let r = self.insert_pending(st, &mut locks, pe).map(Some).ok_or(());
         (locks, r)
     }
 
@@ -367,7 +446,11 @@ impl Snap {
 
     /// Queues a snapshot write on `pe`; returns true if the caller must now
     /// start the copy (it was not started yet). Buckets locked.
-    pub(crate) fn queue_snapshot_bio(_locks: &ChunkLocks<'_>, pe: NonNull<Pending>, bio: OwnedBio) -> bool {
+    pub(crate) fn queue_snapshot_bio(
+        _locks: &ChunkLocks<'_>,
+        pe: NonNull<Pending>,
+        bio: OwnedBio,
+    ) -> bool {
         // SAFETY: `pe`'s queue fields are protected by the bucket locks the
         // caller holds (`_locks`).
         let pe = unsafe { &mut *pe.as_ptr() };
@@ -395,16 +478,16 @@ impl Snap {
         if sector >= self.ti.table_size() {
             return;
         }
-        let chunk = self.geometry.chunk_of(sector);
         let state = self.state.read();
-        let locks = self.lock_chunk(chunk);
+        let chunk = state.geometry().chunk_of(sector);
+        let locks = self.lock_chunk(&state, chunk);
         if !state.valid || !state.active {
             return;
         }
         if Self::lookup_pending(&locks, chunk).is_none() && locks.complete.lookup(chunk).is_some() {
             return;
         }
-        let (locks, r) = self.find_or_make_pending(locks, chunk);
+        let (locks, r) = self.find_or_make_pending(&state, locks, chunk);
         let pe = match r {
             Ok(Some(pe)) => pe,
             Ok(None) => return,
@@ -442,11 +525,10 @@ impl Snap {
     /// valid, and nobody else starts it); call with no bucket lock held.
     pub(crate) unsafe fn start_copy(pe: NonNull<Pending>) {
         // SAFETY: contract; `snap` outlives its pending exceptions (dtr waits).
-        let (s, old, new) = unsafe {
+        let (s, old, new, g) = unsafe {
             let p = pe.as_ref();
-            (p.snap.as_ref(), p.e.old_chunk, p.e.new_chunk)
+            (p.snap.as_ref(), p.e.old_chunk, p.e.new_chunk, p.geometry)
         };
-        let g = s.geometry;
         let count = g.copy_len(old, s.origin.nr_sectors());
         let src = Region {
             dev: &s.origin,
@@ -481,11 +563,11 @@ impl Snap {
 
     /// Zeroes a whole copied chunk for a discard (`zero_exception`); the
     /// bio, already pointing at the COW chunk, completes when it is done.
-    pub(crate) fn zero_chunk(&self, mut bio: OwnedBio) {
+    pub(crate) fn zero_chunk(&self, mut bio: OwnedBio, chunk_sectors: u32) {
         let region = Region {
             dev: &self.cow,
             sector: bio.sector(),
-            count: u64::from(self.geometry.sectors()),
+            count: u64::from(chunk_sectors),
         };
         self.account_start_copy();
         bio.set_private(NonNull::from(self).as_ptr().cast());
@@ -508,42 +590,45 @@ impl Snap {
         let (old, new) = unsafe { (pe.as_ref().e.old_chunk, pe.as_ref().e.new_chunk) };
         let mut error = !success;
         let mut merged = None;
-        let locks = if error {
+        let e = if error {
             self.invalidate(false);
-            self.lock_chunk(old)
-        } else if let Some(e) = alloc_noio(Exception::new(old, new)) {
-            let state = self.state.read();
-            let mut locks = self.lock_chunk(old);
+            None
+        } else {
+            let e = alloc_noio(Exception::new(old, new));
+            if e.is_none() {
+                self.invalidate(true);
+                error = true;
+            }
+            e
+        };
+        // The state lock is held (for read) until the buckets are unlocked:
+        // the bucket guards borrow the tables it protects.
+        let state = self.state.read();
+        let mut locks = self.lock_chunk(&state, old);
+        if let Some(e) = e {
             if !state.valid {
-                drop(state);
                 merged = Some(e);
                 error = true;
-                locks
             } else {
                 // SAFETY: `e` is fresh and ours; the table owns it from now
                 // on (or hands it back merged, to free after unlocking).
                 merged = unsafe { locks.complete.insert(e) };
                 // Snapshot reads of this chunk go to the COW from now on;
                 // the pending entry keeps origin writes out meanwhile.
-                drop(state);
                 if self.track_slot(old).load(Ordering::Acquire) != 0 {
                     drop(locks);
                     while self.track_slot(old).load(Ordering::Acquire) != 0 {
-                        // SAFETY: plain sleep; no lock held.
+                        // SAFETY: plain sleep; no spinlock held (the state
+                        // rwsem may be held across a sleep).
                         unsafe { sys::dmsr_fsleep(1000) };
                     }
-                    locks = self.lock_chunk(old);
+                    locks = self.lock_chunk(&state, old);
                 }
-                locks
             }
-        } else {
-            self.invalidate(true);
-            error = true;
-            self.lock_chunk(old)
-        };
-        let mut locks = locks;
+        }
         locks.pending.remove(pe.cast::<Exception>());
         drop(locks);
+        drop(state);
         if let Some(e) = merged {
             // SAFETY: came from `alloc_noio` and is in no table.
             unsafe { free_noio(e) };
@@ -613,18 +698,21 @@ impl PinnedDrop for Snap {
         // unregistering; then wait for the pending ones to finish. The
         // fields then drop in order: kcopyd (waits for its jobs), tables...
         if self.registered.load(Ordering::Acquire) {
-            Registry::get().unregister(NonNull::from(&*self));
+            let reg = Registry::get();
+            {
+                let o = reg.read();
+                let (src, dest) = o.sharing_cow(&self);
+                if let (Some(src), Some(dest)) = (src, dest) {
+                    if core::ptr::eq(src, &*self) {
+                        dest.cancel_handover();
+                    }
+                }
+            }
+            reg.unregister(NonNull::from(&*self));
         }
         while self.pending_count.load(Ordering::Acquire) != 0 {
             // SAFETY: plain sleep; dtr holds no lock.
             unsafe { sys::dmsr_fsleep(1000) };
         }
-        // SAFETY: we only unpin the tables, which are not structurally
-        // pinned, to free the completed exceptions they still hold.
-        let this = unsafe { self.get_unchecked_mut() };
-        this.complete.drain(|e| {
-            // SAFETY: completed exceptions come from `alloc_noio`.
-            unsafe { free_noio(e) }
-        });
     }
 }

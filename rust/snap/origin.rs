@@ -7,7 +7,10 @@
 //! copying it first.
 
 use super::registry::{do_origin, Registry};
-use crate::dm::{CtrError, DeviceVisitor, Mapped, OwnedBio, Setup, StatusBuf, StatusType, TableDev, Target, TargetOps};
+use crate::dm::{
+    CtrError, DeviceVisitor, Mapped, OwnedBio, Setup, StatusBuf, StatusType, TableDev, Target,
+    TargetOps,
+};
 use crate::logic::table::parse_origin;
 use core::fmt::Write;
 use core::sync::atomic::{AtomicU32, Ordering};

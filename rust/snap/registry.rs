@@ -68,9 +68,30 @@ impl Origins {
             .map(|p| unsafe { p.as_ref() })
     }
 
+    /// The snapshots sharing `snap`'s origin and COW, itself included:
+    /// the active one (the handover source) and the inactive one (the
+    /// destination), as `__find_snapshots_sharing_cow`.
+    pub(crate) fn sharing_cow(&self, snap: &Snap) -> (Option<&Snap>, Option<&Snap>) {
+        let (mut src, mut dest) = (None, None);
+        for s in self.snaps(snap.origin.raw_bdev()) {
+            if !s.cow.same_bdev(&snap.cow) {
+                continue;
+            }
+            if s.state.read().active {
+                src = Some(s);
+            } else {
+                dest = Some(s);
+            }
+        }
+        (src, dest)
+    }
+
     /// The mapped device of a resumed origin target on `bdev`.
     pub(crate) fn dm_origin(&self, bdev: *mut bindings::block_device) -> Option<TargetRef> {
-        self.dm_origins.iter().find(|o| o.bdev == bdev as usize).map(|o| o.ti)
+        self.dm_origins
+            .iter()
+            .find(|o| o.bdev == bdev as usize)
+            .map(|o| o.ti)
     }
 
     /// Smallest chunk size of the snapshots of `bdev` in sectors, 2^31 if
@@ -81,6 +102,14 @@ impl Origins {
             .filter(|&c| c != 0)
             .fold(1 << 31, u32::min)
     }
+}
+
+/// Why a snapshot could not be registered.
+pub(crate) enum HandoverError {
+    /// Out of memory for the origin's list.
+    NoMem,
+    /// A third table on one COW, or a second handover destination.
+    Pairing,
 }
 
 /// The registry: one per module.
@@ -137,27 +166,54 @@ impl Registry {
         self.origins.read()
     }
 
-    /// Adds `snap` to its origin's list, sorted by chunk size, largest first.
-    pub(crate) fn register(&self, snap: NonNull<Snap>, bdev: *mut bindings::block_device) -> Result {
+    /// Adds `snap` to its origin's list, sorted by chunk size, largest first
+    /// (`register_snapshot`). If an active snapshot of the same origin uses
+    /// the same COW, `snap` becomes its handover destination: `Ok(true)`.
+    /// A third table on one COW, or a second destination, is refused.
+    pub(crate) fn register(
+        &self,
+        snap: NonNull<Snap>,
+        bdev: *mut bindings::block_device,
+    ) -> Result<bool, HandoverError> {
         let mut o = self.origins.write();
+        // SAFETY: `snap` is the caller's live snapshot.
+        let me = unsafe { snap.as_ref() };
+        let mut sharing = 0;
+        let mut dest = false;
+        for s in o.snaps(bdev) {
+            if s.cow.same_bdev(&me.cow) {
+                sharing += 1;
+                dest |= !s.state.read().active;
+            }
+        }
+        if sharing >= 2 || dest {
+            return Err(HandoverError::Pairing);
+        }
+        let is_dest = sharing == 1;
         let key = bdev as usize;
         let idx = match o.origins.iter().position(|e| e.bdev == key) {
             Some(i) => i,
             None => {
-                o.origins.push(
-                    OriginSnaps {
-                        bdev: key,
-                        snaps: KVec::new(),
-                    },
-                    GFP_KERNEL,
-                )?;
+                o.origins
+                    .push(
+                        OriginSnaps {
+                            bdev: key,
+                            snaps: KVec::new(),
+                        },
+                        GFP_KERNEL,
+                    )
+                    .map_err(|_| HandoverError::NoMem)?;
                 o.origins.len() - 1
             }
         };
+        if is_dest {
+            me.state.write().handover_dest = true;
+        }
         let list = &mut o.origins[idx].snaps;
-        list.push(snap, GFP_KERNEL)?;
+        list.push(snap, GFP_KERNEL)
+            .map_err(|_| HandoverError::NoMem)?;
         sort_by_chunk(list);
-        Ok(())
+        Ok(is_dest)
     }
 
     /// Re-sorts after a snapshot learnt its chunk size (`reregister_snapshot`).
@@ -185,10 +241,20 @@ impl Registry {
 
     /// Records a resumed origin target (`origin_resume`); returns the split
     /// boundary for its writes.
-    pub(crate) fn add_dm_origin(&self, bdev: *mut bindings::block_device, ti: TargetRef) -> Result<u32> {
+    pub(crate) fn add_dm_origin(
+        &self,
+        bdev: *mut bindings::block_device,
+        ti: TargetRef,
+    ) -> Result<u32> {
         let mut o = self.origins.write();
         if !o.dm_origins.iter().any(|d| d.ti == ti) {
-            o.dm_origins.push(DmOrigin { bdev: bdev as usize, ti }, GFP_KERNEL)?;
+            o.dm_origins.push(
+                DmOrigin {
+                    bdev: bdev as usize,
+                    ti,
+                },
+                GFP_KERNEL,
+            )?;
         }
         Ok(o.minimum_chunk_size(bdev))
     }
@@ -256,7 +322,9 @@ fn sort_by_chunk(list: &mut KVec<NonNull<Snap>>) {
     for i in 1..list.len() {
         let mut j = i;
         // SAFETY: registered snapshots are live; we hold the write lock.
-        while j > 0 && unsafe { list[j - 1].as_ref().chunk_sectors() < list[j].as_ref().chunk_sectors() } {
+        while j > 0
+            && unsafe { list[j - 1].as_ref().chunk_sectors() < list[j].as_ref().chunk_sectors() }
+        {
             list.swap(j - 1, j);
             j -= 1;
         }
@@ -267,7 +335,11 @@ fn sort_by_chunk(list: &mut KVec<NonNull<Snap>>) {
 /// queueing `bio` until they all have (`do_origin`). Returns the bio when
 /// it can go to the origin now. `limit` applies the COW throttle (writes
 /// through the origin target; not retries).
-pub(crate) fn do_origin(bdev: *mut bindings::block_device, bio: OwnedBio, limit: bool) -> Option<OwnedBio> {
+pub(crate) fn do_origin(
+    bdev: *mut bindings::block_device,
+    bio: OwnedBio,
+    limit: bool,
+) -> Option<OwnedBio> {
     let reg = Registry::get();
     loop {
         let origins = reg.read();
@@ -281,7 +353,11 @@ pub(crate) fn do_origin(bdev: *mut bindings::block_device, bio: OwnedBio, limit:
     }
 }
 
-fn origin_write(origins: &Origins, bdev: *mut bindings::block_device, bio: OwnedBio) -> Option<OwnedBio> {
+fn origin_write(
+    origins: &Origins,
+    bdev: *mut bindings::block_device,
+    bio: OwnedBio,
+) -> Option<OwnedBio> {
     let sector = bio.sector();
     let mut bio = Some(bio);
     let mut start_last: Option<NonNull<super::cow::Pending>> = None;

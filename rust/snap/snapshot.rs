@@ -3,14 +3,16 @@
 //! and friends). The copy-on-write machinery is in [`super::cow`].
 
 use super::cow::{Snap, SnapArgs, SnapInitError};
-use super::registry::Registry;
+use super::registry::{HandoverError, Registry};
 use super::store::Store;
 use crate::dm::target::{BLK_OPEN_READ, BLK_OPEN_WRITE};
 use crate::dm::{
     Bio, CtrError, DeviceVisitor, Mapped, OwnedBio, Setup, StatusBuf, StatusType, Target, TargetOps,
 };
 use crate::logic::chunk::ChunkGeometry;
-use crate::logic::table::{parse_chunk_size, parse_snapshot, parse_store_kind, SnapshotArgs, StoreKind};
+use crate::logic::table::{
+    parse_chunk_size, parse_snapshot, parse_store_kind, SnapshotArgs, StoreKind,
+};
 use crate::logic::transient::TransientStore;
 use core::fmt::Write;
 use kernel::bindings;
@@ -40,7 +42,10 @@ fn open_devices(
         .get_device(args.cow)
         .map_err(|e| CtrError::new(c"Cannot get COW device", e))?;
     if cow.same_bdev(&origin) {
-        return Err(CtrError::new(c"COW device cannot be the same as origin device", EINVAL));
+        return Err(CtrError::new(
+            c"COW device cannot be the same as origin device",
+            EINVAL,
+        ));
     }
     let store_err = CtrError::new(c"Couldn't create exception store", EINVAL);
     let kind = parse_store_kind(args.store).map_err(|_| store_err)?;
@@ -93,9 +98,13 @@ impl TargetOps for Snapshot {
             discard_passdown_origin: passdown,
         })
         .map_err(|e| match e {
-            SnapInitError::HashTables => CtrError::new(c"Unable to allocate hash table space", ENOMEM),
+            SnapInitError::HashTables => {
+                CtrError::new(c"Unable to allocate hash table space", ENOMEM)
+            }
             SnapInitError::Kcopyd(e) => CtrError::new(c"Could not create kcopyd client", e),
-            SnapInitError::Mempool => CtrError::new(c"Could not allocate mempool for pending exceptions", ENOMEM),
+            SnapInitError::Mempool => {
+                CtrError::new(c"Could not allocate mempool for pending exceptions", ENOMEM)
+            }
         })?;
         setup.set_num_flush_bios(1);
         setup.set_num_discard_bios(match (zeroes, passdown) {
@@ -103,21 +112,21 @@ impl TargetOps for Snapshot {
             (true, false) => 1,
             (true, true) => 2,
         });
-        if Registry::get()
-            .read()
-            .snaps(snap.origin.raw_bdev())
-            .any(|s| s.cow.same_bdev(&snap.cow))
-        {
-            // Handover of exceptions to a new table on the same COW comes
-            // with the persistent store; refuse rather than share a COW.
-            return Err(CtrError::new(
+        let dest = snap.as_ref().register().map_err(|e| match e {
+            HandoverError::NoMem => {
+                CtrError::new(c"Snapshot origin struct allocation failed", ENOMEM)
+            }
+            HandoverError::Pairing => CtrError::new(
                 c"Snapshot cow pairing for exception table handover failed",
                 EINVAL,
-            ));
+            ),
+        })?;
+        if dest {
+            // A handover destination learns its chunk size (and max_io_len)
+            // when it takes over the exceptions at resume.
+            return KBox::pin(Snapshot { snap }, GFP_KERNEL)
+                .map_err(|_| CtrError::new(c"Cannot allocate private snapshot structure", ENOMEM));
         }
-        snap.as_ref()
-            .register()
-            .map_err(|_| CtrError::new(c"Snapshot origin struct allocation failed", ENOMEM))?;
         setup
             .set_max_io_len(snap.chunk_sectors())
             .map_err(|e| CtrError::new(c"Maximum size of target IO is too large", e))?;
@@ -131,8 +140,6 @@ impl TargetOps for Snapshot {
             bio.set_dev(&s.cow);
             return bio.remap();
         }
-        let g = s.geometry();
-        let chunk = g.chunk_of(bio.sector());
         if !s.valid_hint() {
             return bio.kill();
         }
@@ -140,7 +147,9 @@ impl TargetOps for Snapshot {
             s.throttle();
         }
         let state = s.state.read();
-        let locks = s.lock_chunk(chunk);
+        let g = state.geometry();
+        let chunk = g.chunk_of(bio.sector());
+        let locks = s.lock_chunk(&state, chunk);
         if !state.valid || (state.overflowed && bio.is_write()) {
             return bio.kill();
         }
@@ -157,11 +166,13 @@ impl TargetOps for Snapshot {
             bio.set_sector(sector);
             // A discard of a whole copied chunk zeroes it in the COW
             // (`zero_exception`); a partial one is passed down.
-            if bio.is_discard() && u64::from(bio.sectors()) == u64::from(g.sectors()) && g.offset_in_chunk(sector) == 0
+            if bio.is_discard()
+                && u64::from(bio.sectors()) == u64::from(g.sectors())
+                && g.offset_in_chunk(sector) == 0
             {
                 drop(locks);
                 drop(state);
-                s.zero_chunk(bio);
+                s.zero_chunk(bio, g.sectors());
                 return Mapped::submitted();
             }
             return bio.remap();
@@ -177,7 +188,7 @@ impl TargetOps for Snapshot {
             tracked.chunk = Some(chunk);
             return bio.remap();
         }
-        let (locks, r) = s.find_or_make_pending(locks, chunk);
+        let (locks, r) = s.find_or_make_pending(&state, locks, chunk);
         let pe = match r {
             Ok(Some(pe)) => pe,
             Ok(None) => {
@@ -200,7 +211,9 @@ impl TargetOps for Snapshot {
         let sector = g.remap(bio.sector(), Snap::pending_cow_chunk(pe));
         bio.set_dev(&s.cow);
         bio.set_sector(sector);
-        if u64::from(bio.sectors()) == u64::from(g.sectors()) && Snap::claim_for_full_write(&locks, pe) {
+        if u64::from(bio.sectors()) == u64::from(g.sectors())
+            && Snap::claim_for_full_write(&locks, pe)
+        {
             drop(locks);
             drop(state);
             // SAFETY: we just claimed (started) `pe`; no lock is held.
@@ -222,6 +235,24 @@ impl TargetOps for Snapshot {
         }
     }
 
+    fn preresume(&self, _target: &Target) -> Result {
+        let s = &*self.snap;
+        let o = Registry::get().read();
+        if let (Some(src), Some(_)) = o.sharing_cow(s) {
+            if core::ptr::eq(src, s) {
+                pr_err!("snapshots: Unable to resume snapshot source until handover completes.\n");
+                return Err(EINVAL);
+            }
+            if !src.ti.is_suspended() {
+                pr_err!(
+                    "snapshots: Unable to perform snapshot handover until source is suspended.\n"
+                );
+                return Err(EINVAL);
+            }
+        }
+        Ok(())
+    }
+
     fn resume(&self, target: &Target) {
         // As upstream: quiesce the origin device (if it is a resumed
         // snapshot-origin) while this snapshot becomes active, so no origin
@@ -239,6 +270,15 @@ impl TargetOps for Snapshot {
         if let Some(h) = held.as_mut() {
             h.suspend_fast();
         }
+        {
+            let o = reg.read();
+            if let (Some(src), Some(dest)) = o.sharing_cow(s) {
+                let mut src_st = src.state.write();
+                let mut dest_st = dest.state.write_nested();
+                Snap::handover(src, &mut src_st, dest, &mut dest_st);
+                dest.ti.set_max_io_len(dest_st.geometry().sectors());
+            }
+        }
         drop(held);
         reg.resort(s.origin.raw_bdev());
         s.activate();
@@ -254,13 +294,15 @@ impl TargetOps for Snapshot {
                 } else if st.overflowed {
                     out.write_str("Overflow")
                 } else {
-                    let u = s.store().usage();
+                    let u = st.store().usage();
                     write!(out, "{}/{} {}", u.allocated, u.total, u.metadata)
                 }
             }
             StatusType::Table => {
                 let _ = write!(out, "{} {}", s.origin.name(), s.cow.name());
-                let _ = s.store().status_table(out);
+                let st = s.state.read();
+                // A destination not yet resumed has no chunk size yet.
+                let _ = st.store().status_table(out, st.handover_dest);
                 let n = u32::from(s.discard_zeroes_cow) + u32::from(s.discard_passdown_origin);
                 if n > 0 {
                     let _ = write!(out, " {}", n);

@@ -36,10 +36,16 @@ impl Store {
         }
     }
 
-    /// The store's part of the table line (`" N 16"`).
-    pub(crate) fn status_table(&self, out: &mut impl Write) -> fmt::Result {
+    /// The store's part of the table line (`" N 16"`); with `no_chunk`,
+    /// chunk 0, as upstream prints it for a store not set up yet.
+    pub(crate) fn status_table(&self, out: &mut impl Write, no_chunk: bool) -> fmt::Result {
+        let chunk = if no_chunk {
+            0
+        } else {
+            self.geometry().sectors()
+        };
         match self {
-            Store::Transient(t) => write!(out, " N {}", t.geometry().sectors()),
+            Store::Transient(_) => write!(out, " N {}", chunk),
         }
     }
 }

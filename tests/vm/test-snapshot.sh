@@ -87,6 +87,30 @@ run_discards >/tmp/rs.discard 2>&1
 expect_eq "discard of a copied whole chunk reads back zeros" \
 	"zeroed: $(dd if=/dev/zero bs=8k count=1 2>/dev/null | md5sum)" "$(grep zeroed /tmp/rs.discard)"
 
+# --- handover: a new table on the same COW takes over the exceptions ---------
+run_handover() {
+	dd if=/tmp/base of=$O bs=1M oflag=direct 2>/dev/null
+	echo "0 $S snapshot-origin $O" | dmsetup create sh-origin
+	dmsetup suspend sh-origin
+	echo "0 $S snapshot $O $C N 16" | dmsetup create sh-snap
+	dmsetup resume sh-origin
+	dd if=/tmp/base of=/dev/mapper/sh-origin bs=64k skip=100 seek=3 count=20 oflag=direct 2>/dev/null
+	dd if=/tmp/base of=/dev/mapper/sh-snap bs=4k skip=999 seek=70 count=3 oflag=direct 2>/dev/null
+	echo "before: $(dmsetup status sh-snap) $(sum /dev/mapper/sh-snap 32)"
+	dmsetup suspend sh-snap
+	echo "0 $S snapshot $O $C N 32" | dmsetup reload sh-snap
+	echo "inactive table: $(dmsetup table --inactive sh-snap | sed 's/[0-9]*:[0-9]* [0-9]*:[0-9]*/DEVS/')"
+	dmsetup resume sh-snap
+	echo "after: $(dmsetup status sh-snap) $(sum /dev/mapper/sh-snap 32)"
+	echo "table: $(dmsetup table sh-snap | sed 's/[0-9]*:[0-9]* [0-9]*:[0-9]*/DEVS/')"
+	dd if=/tmp/base of=/dev/mapper/sh-origin bs=64k skip=200 seek=30 count=10 oflag=direct 2>/dev/null
+	echo "more origin writes: $(dmsetup status sh-snap) $(sum /dev/mapper/sh-snap 32)"
+	dmsetup remove sh-snap; dmsetup remove sh-origin
+}
+run_handover >/tmp/rs.handover 2>&1
+expect_eq "reloading a snapshot table keeps its data and allocation" \
+	"$(sed -n 's/^before: //p' /tmp/rs.handover)" "$(sed -n 's/^after: //p' /tmp/rs.handover)"
+
 # --- teardown ------------------------------------------------------------------
 check "module unloads once the tables are gone" rmmod dm_snap_rs
 
@@ -96,6 +120,9 @@ dd if=/tmp/base of=$O bs=1M oflag=direct 2>/dev/null
 run_discards >/tmp/c.discard 2>&1
 if cmp -s /tmp/c.discard /tmp/rs.discard; then ok "discard behaviour and strings identical to the C driver's"
 else fail "discard behaviour and strings identical to the C driver's" "$(diff /tmp/c.discard /tmp/rs.discard)"; fi
+run_handover >/tmp/c.handover 2>&1
+if cmp -s /tmp/c.handover /tmp/rs.handover; then ok "handover on reload identical to the C driver's"
+else fail "handover on reload identical to the C driver's" "$(diff /tmp/c.handover /tmp/rs.handover)"; fi
 echo "0 $S snapshot-origin $O" | dmsetup create sn-origin
 dmsetup suspend sn-origin
 echo "0 $S snapshot $O $C N 16" | dmsetup create sn-snap
