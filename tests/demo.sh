@@ -2,28 +2,43 @@
 # The demo run inside the VM (scripts/demo): what a user would type and see.
 . /payload/tests/vm/lib.sh
 run() { echo; echo "# $*"; "$@"; }
+md5() { dd if="$1" bs=1M count="$2" iflag=direct 2>/dev/null | md5sum | cut -c1-32; }
 set -e
 echo "== dm_snap_rs demo: $(uname -r), $(nproc) CPUs =="
 run insmod "$KO"
 run dmsetup targets
-NB=$(nullb_create nb_demo 256)
-echo; echo "# null_blk disk $NB: $(blockdev --getsz "$NB") sectors, memory-backed"
-run sh -c "echo '0 $(blockdev --getsz "$NB") snapshot-origin $NB' | dmsetup create demo-origin"
-run dmsetup ls --target snapshot-origin
-run dmsetup table demo-origin
-run dmsetup status demo-origin
-run dmsetup info demo-origin
-echo; echo "# fio: 4 KiB random writes with verification through /dev/mapper/demo-origin"
-fio --name=demo --filename=/dev/mapper/demo-origin --rw=randwrite --bs=4k --size=32M \
+NB=$(nullb_create nb_demo 128)
+COW=$(nullb_create nb_demo_cow 64)
+S=$(blockdev --getsz "$NB")
+echo; echo "# null_blk disks: origin $NB ($S sectors), COW $COW; memory-backed"
+dd if=/dev/urandom of="$NB" bs=1M count=128 oflag=direct 2>/dev/null
+BEFORE=$(md5 "$NB" 64)
+run sh -c "echo '0 $S snapshot-origin $NB' | dmsetup create demo-origin"
+echo; echo "# take a snapshot: suspend the origin, load the snapshot, resume"
+dmsetup suspend demo-origin
+run sh -c "echo '0 $S snapshot $NB $COW N 16' | dmsetup create demo-snap"
+dmsetup resume demo-origin
+run dmsetup ls
+run dmsetup table
+run dmsetup status
+echo; echo "# fio: 4 KiB random writes with verification to the origin, and to the snapshot"
+fio --name=origin --filename=/dev/mapper/demo-origin --rw=randwrite --bs=4k --size=16M \
 	--direct=1 --ioengine=libaio --iodepth=16 --verify=crc32c --do_verify=1 --verify_fatal=1 \
-	--output-format=terse --terse-version=3 >/tmp/fio.terse
-awk -F';' '{printf "  write: %s IOPS, %s KiB/s; verified read: %s IOPS; errors: %s\n", $49, $48, $8, $5}' /tmp/fio.terse
-echo; echo "# the same bytes, read back from the null_blk disk underneath"
-dd if=/dev/mapper/demo-origin bs=1M count=32 iflag=direct 2>/dev/null | md5sum | sed 's/-/via dm-snap-rs/'
-dd if="$NB" bs=1M count=32 iflag=direct 2>/dev/null | md5sum | sed 's/-/via null_blk/'
-echo; echo "# the module cannot go while the table uses it:"
+	--output-format=terse --terse-version=3 >/tmp/fio.o
+awk -F';' '{printf "  origin: write %s IOPS, errors %s\n", $49, $5}' /tmp/fio.o
+fio --name=snap --filename=/dev/mapper/demo-snap --rw=randwrite --bs=4k --size=8M --offset=64M \
+	--direct=1 --ioengine=libaio --iodepth=16 --verify=crc32c --do_verify=1 --verify_fatal=1 \
+	--output-format=terse --terse-version=3 >/tmp/fio.s
+awk -F';' '{printf "  snapshot: write %s IOPS, errors %s\n", $49, $5}' /tmp/fio.s
+run dmsetup status demo-snap
+echo; echo "# first 64 MiB (the snapshot wrote only above 64 MiB):"
+echo "  origin before the snapshot: $BEFORE"
+echo "  snapshot now:               $(md5 /dev/mapper/demo-snap 64)   <- unchanged"
+echo "  origin now:                 $(md5 /dev/mapper/demo-origin 64)   <- fio's writes"
+echo; echo "# the module cannot go while tables use it:"
 rmmod dm_snap_rs || true
+run dmsetup remove demo-snap
 run dmsetup remove demo-origin
 run rmmod dm_snap_rs
-nullb_remove nb_demo
+nullb_remove nb_demo; nullb_remove nb_demo_cow
 echo; echo "== demo done =="

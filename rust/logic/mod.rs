@@ -6,6 +6,7 @@
 
 pub mod args;
 pub mod chunk;
+pub mod disk_format;
 pub mod exception_table;
 pub mod table;
 pub mod transient;

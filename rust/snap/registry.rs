@@ -318,13 +318,12 @@ fn remove_at<T>(v: &mut KVec<T>, i: usize) {
 }
 
 fn sort_by_chunk(list: &mut KVec<NonNull<Snap>>) {
+    // SAFETY: registered snapshots are live; the caller holds the write lock.
+    let chunk = |p: NonNull<Snap>| unsafe { p.as_ref() }.chunk_sectors();
     // Insertion sort: lists are a handful long. Largest chunk first.
     for i in 1..list.len() {
         let mut j = i;
-        // SAFETY: registered snapshots are live; we hold the write lock.
-        while j > 0
-            && unsafe { list[j - 1].as_ref().chunk_sectors() < list[j].as_ref().chunk_sectors() }
-        {
+        while j > 0 && chunk(list[j - 1]) < chunk(list[j]) {
             list.swap(j - 1, j);
             j -= 1;
         }

@@ -1,0 +1,103 @@
+#!/usr/bin/env python3
+"""Summarise scripts/bench results: table, CSV and PNG plot.
+
+Input: RESULT lines "RESULT round driver row engine jobs iops p50 p99" (p50/p99
+completion latency in microseconds). For each row the drivers' medians are
+compared round by round (each round runs C, Rust, Rust, C), so the ratio's
+spread shows the noise.
+"""
+import csv
+import statistics as st
+import sys
+from collections import defaultdict
+
+raw, prefix, machine = sys.argv[1], sys.argv[2], sys.argv[3]
+runs = defaultdict(list)  # (row, engine, jobs, driver) -> [(round, iops, p50, p99)]
+for line in open(raw, errors="replace"):
+    f = line.split()
+    if len(f) < 9 or f[0] != "RESULT":
+        continue
+    try:
+        r, drv, row, eng, jobs = int(f[1]), f[2], f[3], f[4], int(f[5])
+        iops, p50, p99 = float(f[6]), float(f[7]), float(f[8])
+    except ValueError:
+        continue
+    runs[(row, eng, jobs, drv)].append((r, iops, p50, p99))
+
+def med(v):
+    return st.median(v) if v else float("nan")
+
+def per_round(key, idx):
+    d = defaultdict(list)
+    for x in runs.get(key, []):
+        d[x[0]].append(x[idx])
+    return {r: med(v) for r, v in d.items()}
+
+rows = ["origin-cow", "origin-rewrite", "snap-write", "snap-read"]
+keys = sorted({(k[1], k[2]) for k in runs})
+out = []
+print(f"# dm_snap_rs vs C dm-snapshot.ko, 4 KiB random I/O ({machine})")
+print("# IOPS: median [min-max] over all runs; ratio rs/C: median of per-round ratios [min-max]")
+hdr = f"{'row':<15}{'engine':<7}{'jobs':>4} {'C IOPS':>22} {'rs IOPS':>22} {'rs/C':>17} {'p99 C us':>9} {'p99 rs':>8} {'p99 rs/C':>8}"
+print(hdr)
+for eng, jobs in keys:
+    base = runs.get(("raw", eng, jobs, "-"), [])
+    lin = runs.get(("linear", eng, jobs, "-"), [])
+    for name, v in (("raw null_blk", base), ("dm-linear", lin)):
+        if v:
+            iops = [x[1] for x in v]
+            p99 = [x[3] for x in v]
+            print(f"{name:<15}{eng:<7}{jobs:>4} {med(iops):>10.0f} [{min(iops):.0f}-{max(iops):.0f}]{'':>24}{'':>17} {med(p99):>9.0f}")
+            out.append([name, eng, jobs, "-", len(v), med(iops), min(iops), max(iops), med([x[2] for x in v]), med(p99), "", "", ""])
+    for row in rows:
+        c, r = runs.get((row, eng, jobs, "c"), []), runs.get((row, eng, jobs, "rs"), [])
+        if not c or not r:
+            continue
+        ci, ri = [x[1] for x in c], [x[1] for x in r]
+        cr, rr = per_round((row, eng, jobs, "c"), 1), per_round((row, eng, jobs, "rs"), 1)
+        ratios = [rr[k] / cr[k] for k in cr if k in rr and cr[k] > 0]
+        cp, rp = per_round((row, eng, jobs, "c"), 3), per_round((row, eng, jobs, "rs"), 3)
+        pr = [rp[k] / cp[k] for k in cp if k in rp and cp[k] > 0]
+        c99, r99 = med([x[3] for x in c]), med([x[3] for x in r])
+        rat = f"{med(ratios):.2f} [{min(ratios):.2f}-{max(ratios):.2f}]" if ratios else "n/a"
+        print(f"{row:<15}{eng:<7}{jobs:>4} {med(ci):>10.0f} [{min(ci):.0f}-{max(ci):.0f}] {med(ri):>10.0f} [{min(ri):.0f}-{max(ri):.0f}] {rat:>17} {c99:>9.0f} {r99:>8.0f} {med(pr) if pr else float('nan'):>8.2f}")
+        for drv, v in (("c", c), ("rs", r)):
+            iops = [x[1] for x in v]
+            out.append([row, eng, jobs, drv, len(v), med(iops), min(iops), max(iops), med([x[2] for x in v]), med([x[3] for x in v]),
+                        f"{med(ratios):.3f}" if ratios else "", f"{min(ratios):.3f}" if ratios else "", f"{max(ratios):.3f}" if ratios else ""])
+
+with open(prefix + ".csv", "w", newline="") as f:
+    w = csv.writer(f)
+    w.writerow(["row", "engine", "jobs", "driver", "runs", "iops_median", "iops_min", "iops_max", "p50_us_median", "p99_us_median",
+                "ratio_rs_c_median", "ratio_min", "ratio_max"])
+    w.writerows(out)
+print(f"# CSV: {prefix}.csv")
+
+try:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+except ImportError:
+    print("# plot skipped: matplotlib not available")
+    sys.exit(0)
+engines = sorted({k[0] for k in keys})
+fig, axes = plt.subplots(2, len(engines), figsize=(6 * len(engines), 8), squeeze=False)
+series = [("raw", "-", "raw null_blk", "k--"), ("linear", "-", "dm-linear", "k:"),
+          ("origin-cow", "c", "origin COW, C", "C0o--"), ("origin-cow", "rs", "origin COW, dm_snap_rs", "C0o-"),
+          ("snap-write", "c", "snapshot write, C", "C1s--"), ("snap-write", "rs", "snapshot write, dm_snap_rs", "C1s-")]
+for ci, eng in enumerate(engines):
+    for ri, (idx, label) in enumerate(((1, "IOPS"), (3, "p99 latency (us)"))):
+        ax = axes[ri][ci]
+        for row, drv, name, style in series:
+            js = sorted({k[2] for k in runs if k[0] == row and k[1] == eng and k[3] == drv})
+            if js:
+                ax.plot(js, [med([x[idx] for x in runs[(row, eng, j, drv)]]) for j in js], style, label=name)
+        ax.set_title(f"{eng}: {label}")
+        ax.set_xlabel("numjobs")
+        ax.grid(alpha=0.3)
+        if ri == 0 and ci == 0:
+            ax.legend(fontsize=8)
+fig.suptitle(f"4 KiB random I/O on null_blk ({machine}); ratios are what count")
+fig.tight_layout()
+fig.savefig(prefix + ".png", dpi=90)
+print(f"# plot: {prefix}.png")

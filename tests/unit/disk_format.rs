@@ -1,0 +1,136 @@
+//! Userspace tests of the persistent on-disk format and of `dm-snap-cow`.
+
+use dm_snap_logic::disk_format::*;
+use std::process::Command;
+
+const C: u32 = 8; // 4 KiB chunks: 256 exceptions per area
+
+/// A COW image of `chunks` chunks with the given exceptions written the
+/// way the kernel lays them out (area after area).
+fn image(chunks: u64, exceptions: &[(u64, u64)]) -> Vec<u8> {
+    let cb = C as usize * 512;
+    let mut img = vec![0u8; chunks as usize * cb];
+    Header::new(C).encode(&mut img[..cb]);
+    let epa = exceptions_per_area(C) as usize;
+    for (i, &(o, n)) in exceptions.iter().enumerate() {
+        let loc = area_location((i / epa) as u64, C) as usize * cb;
+        write_exception(&mut img[loc..loc + cb], i % epa, o, n);
+    }
+    img
+}
+
+fn run(cmd: &str, img: &[u8]) -> (i32, String, String) {
+    let dir = std::env::temp_dir().join(format!(
+        "dm-snap-cow-test-{}-{}",
+        std::process::id(),
+        rand_suffix()
+    ));
+    std::fs::write(&dir, img).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_dm-snap-cow"))
+        .arg(cmd)
+        .arg(&dir)
+        .output()
+        .unwrap();
+    std::fs::remove_file(&dir).ok();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+fn rand_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+#[test]
+fn header_round_trip_and_layout() {
+    let mut b = [0xffu8; 512];
+    Header::new(16).encode(&mut b);
+    assert_eq!(&b[..4], b"SnAp");
+    assert_eq!(Header::decode(&b), Some(Header::new(16)));
+    assert!(b[16..].iter().all(|&x| x == 0));
+    assert_eq!(exceptions_per_area(8), 256);
+    assert_eq!(area_location(1, 8), 258);
+    assert_eq!(area_location(1, 16), 514);
+    assert_eq!(skip_metadata(258, 8), 259);
+    assert_eq!(skip_metadata(257, 8), 257);
+}
+
+#[test]
+fn areas_end_at_the_first_zero_new_chunk() {
+    let mut a = vec![0u8; 4096];
+    write_exception(&mut a, 0, 0, 2);
+    write_exception(&mut a, 1, 7, 3);
+    assert_eq!(area_entries(&a), (2, false));
+    assert_eq!(read_exception(&a, 1), (7, 3));
+}
+
+#[test]
+fn check_accepts_a_consistent_cow_across_two_areas() {
+    // 300 exceptions: area 0 full (data chunks 2..257), area 1 holds 44.
+    let ex: Vec<_> = (0..300u64)
+        .map(|i| (i * 3, if i < 256 { 2 + i } else { 259 + i - 256 }))
+        .collect();
+    let (code, out, err) = run("check", &image(1024, &ex));
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("ok, 300 exceptions"), "{out}");
+    let (code, out, _) = run("dump", &image(1024, &ex));
+    assert_eq!(code, 0);
+    assert!(out.contains("area 1 old 897 new 302"), "{out}");
+}
+
+#[test]
+fn check_reports_damage_precisely() {
+    let cases: Vec<(Vec<u8>, &str)> = vec![
+        (
+            {
+                let mut i = image(64, &[(1, 2)]);
+                i[0] = b'X';
+                i
+            },
+            "bad magic",
+        ),
+        (
+            {
+                let mut i = image(64, &[(1, 2)]);
+                i[8] = 2;
+                i
+            },
+            "disk version 2",
+        ),
+        (
+            image(64, &[(1, 2), (5, 2)]),
+            "COW chunk 2 already holds origin chunk 1",
+        ),
+        (image(64, &[(1, 2), (1, 3)]), "origin chunk 1 mapped twice"),
+        (image(64, &[(1, 99)]), "COW chunk 99 is outside the device"),
+        (image(300, &[(1, 258)]), "COW chunk 258 is a metadata area"),
+        (
+            {
+                let ex: Vec<_> = (0..256u64).map(|i| (i, 2 + i)).collect();
+                image(258, &ex)
+            },
+            "truncated: metadata area 1",
+        ),
+    ];
+    for (img, want) in cases {
+        let (code, _, err) = run("check", &img);
+        assert_eq!(code, 1, "want failure for {want}: {err}");
+        assert!(err.contains(want), "want '{want}' in: {err}");
+    }
+}
+
+#[test]
+fn new_and_invalid_cows_are_not_damage() {
+    let (code, out, _) = run("check", &vec![0u8; 65536]);
+    assert_eq!(code, 0);
+    assert!(out.contains("new COW"));
+    let mut i = image(64, &[(1, 2)]);
+    i[4] = 0;
+    let (code, out, _) = run("check", &i);
+    assert_eq!(code, 0);
+    assert!(out.contains("marked invalid"));
+}
