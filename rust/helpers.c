@@ -80,3 +80,15 @@ void dmsr_fsleep(unsigned long usecs)
 {
 	fsleep(usecs);
 }
+
+struct kmem_cache *dmsr_kmem_cache_create(const char *name, size_t size)
+{
+	return kmem_cache_create(name, size, 0, 0, NULL);
+}
+
+void *dmsr_kmem_cache_alloc_noio(struct kmem_cache *cache)
+{
+	void *p = kmem_cache_alloc(cache, GFP_NOIO);
+
+	return p ? p : kmem_cache_alloc(cache, GFP_ATOMIC);
+}

@@ -34,6 +34,11 @@ void *dmsr_mempool_alloc_noio(mempool_t *pool);
 /* A completed exception: GFP_NOIO, then GFP_ATOMIC, as upstream. */
 void *dmsr_alloc_noio_atomic(size_t size);
 
+/* A slab cache for small objects allocated on the I/O path. */
+struct kmem_cache *dmsr_kmem_cache_create(const char *name, size_t size);
+/* GFP_NOIO, then GFP_ATOMIC, as upstream allocates completed exceptions. */
+void *dmsr_kmem_cache_alloc_noio(struct kmem_cache *cache);
+
 /* kcopyd client using the module's snapshot_copy_throttle parameter. */
 struct dm_kcopyd_client *dmsr_kcopyd_client_create(void);
 /* The snapshot_cow_threshold module parameter. */

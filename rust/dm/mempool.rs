@@ -70,27 +70,54 @@ impl<T> Drop for Mempool<T> {
     }
 }
 
-/// Allocates a `T` on the I/O path without a reserve: `GFP_NOIO`, then
-/// `GFP_ATOMIC`, as upstream allocates completed exceptions. May fail.
-pub fn alloc_noio<T>(value: T) -> Option<NonNull<T>> {
-    // SAFETY: plain allocation of `size_of::<T>()` bytes.
-    let p = NonNull::new(
-        unsafe { sys::dmsr_alloc_noio_atomic(core::mem::size_of::<T>()) }.cast::<T>(),
-    )?;
-    // SAFETY: fresh, kmalloc-aligned buffer of the right size.
-    unsafe { p.as_ptr().write(value) };
-    Some(p)
+/// A slab cache of `T`s for the I/O path, sized exactly (upstream's
+/// `exception_cache`): no kmalloc size-class rounding.
+pub struct Slab<T> {
+    cache: NonNull<bindings::kmem_cache>,
+    _p: PhantomData<T>,
 }
 
-/// Frees what [`alloc_noio`] returned.
-///
-/// # Safety
-///
-/// `p` came from `alloc_noio::<T>` and is not used afterwards.
-pub unsafe fn free_noio<T>(p: NonNull<T>) {
-    // SAFETY: contract.
-    unsafe {
-        core::ptr::drop_in_place(p.as_ptr());
-        bindings::kfree(p.as_ptr().cast());
+// SAFETY: slab caches are used from any context.
+unsafe impl<T: Send> Send for Slab<T> {}
+// SAFETY: as above; the cache has its own locking.
+unsafe impl<T: Send> Sync for Slab<T> {}
+
+impl<T> Slab<T> {
+    /// A cache named `name` (shown in /proc/slabinfo).
+    pub fn new(name: &'static kernel::str::CStr) -> Result<Self> {
+        // SAFETY: `name` is 'static and NUL-terminated.
+        let c = unsafe { sys::dmsr_kmem_cache_create(name.as_char_ptr(), core::mem::size_of::<T>()) };
+        NonNull::new(c).map(|cache| Self { cache, _p: PhantomData }).ok_or(ENOMEM)
+    }
+
+    /// Allocates and moves `value` in: `GFP_NOIO`, then `GFP_ATOMIC`, as
+    /// upstream allocates completed exceptions. May fail; may sleep.
+    pub fn alloc(&self, value: T) -> Option<NonNull<T>> {
+        // SAFETY: the cache is live.
+        let p = NonNull::new(unsafe { sys::dmsr_kmem_cache_alloc_noio(self.cache.as_ptr()) }.cast::<T>())?;
+        // SAFETY: a fresh object of `size_of::<T>()` bytes, slab-aligned.
+        unsafe { p.as_ptr().write(value) };
+        Some(p)
+    }
+
+    /// Drops and frees an object of this cache; does not sleep.
+    ///
+    /// # Safety
+    ///
+    /// `p` came from this cache's `alloc` and is not used afterwards.
+    pub unsafe fn free(&self, p: NonNull<T>) {
+        // SAFETY: contract.
+        unsafe {
+            core::ptr::drop_in_place(p.as_ptr());
+            bindings::kmem_cache_free(self.cache.as_ptr(), p.as_ptr().cast());
+        }
+    }
+}
+
+impl<T> Drop for Slab<T> {
+    fn drop(&mut self) {
+        // SAFETY: every object went back (the module drops the cache after
+        // its targets, which free theirs).
+        unsafe { bindings::kmem_cache_destroy(self.cache.as_ptr()) };
     }
 }

@@ -15,7 +15,7 @@ use super::registry::{do_origin, HandoverError, Registry};
 use super::store::Store;
 use crate::bindings as sys;
 use crate::dm::kcopyd::{CopyJob, FullBio, Kcopyd, Region};
-use crate::dm::mempool::{alloc_noio, free_noio, Mempool};
+use crate::dm::mempool::Mempool;
 use crate::dm::{BioList, OwnedBio, TableDev, TargetRef};
 use crate::logic::chunk::{table_sizes, Chunk, ChunkGeometry};
 use crate::logic::exception_table::{Bucket, Exception, ExceptionTable};
@@ -46,8 +46,8 @@ impl PinnedDrop for Exceptions {
         // reached; its entries are freed, nothing is moved.
         let this = unsafe { self.get_unchecked_mut() };
         this.complete.drain(|e| {
-            // SAFETY: completed exceptions come from `alloc_noio`.
-            unsafe { free_noio(e) }
+            // SAFETY: completed exceptions come from the registry's slab.
+            unsafe { Registry::get().exceptions.free(e) }
         });
     }
 }
@@ -594,7 +594,7 @@ impl Snap {
             self.invalidate(false);
             None
         } else {
-            let e = alloc_noio(Exception::new(old, new));
+            let e = Registry::get().exceptions.alloc(Exception::new(old, new));
             if e.is_none() {
                 self.invalidate(true);
                 error = true;
@@ -630,8 +630,8 @@ impl Snap {
         drop(locks);
         drop(state);
         if let Some(e) = merged {
-            // SAFETY: came from `alloc_noio` and is in no table.
-            unsafe { free_noio(e) };
+            // SAFETY: came from the registry's slab and is in no table.
+            unsafe { Registry::get().exceptions.free(e) };
         }
         // SAFETY: removed from the table: we are the only user of `pe` now.
         let p = unsafe { &mut *pe.as_ptr() };

@@ -17,7 +17,9 @@
 //! dereferenced under the read lock, so every registered pointer is live.
 
 use super::cow::Snap;
+use crate::dm::mempool::Slab;
 use crate::dm::{OwnedBio, TargetRef};
+use crate::logic::exception_table::Exception;
 use crate::new_rwsem;
 use crate::sync::RwSem;
 use core::ptr::NonNull;
@@ -124,6 +126,8 @@ pub(crate) struct Registry {
     throttle_wait: CondVar,
     throttle_waiters: AtomicUsize,
     throttle_gen: AtomicUsize,
+    /// Completed exceptions of every snapshot (upstream's `exception_cache`).
+    pub(crate) exceptions: Slab<Exception>,
 }
 
 static REGISTRY: AtomicPtr<Registry> = AtomicPtr::new(core::ptr::null_mut());
@@ -133,6 +137,7 @@ impl Registry {
     /// targets; the returned box must outlive every target (the module
     /// drops it after unregistering them).
     pub(crate) fn install() -> Result<Pin<KBox<Registry>>> {
+        let exceptions = Slab::new(kernel::c_str!("dm_snap_rs_exception"))?;
         let r = KBox::pin_init(
             pin_init!(Registry {
                 origins <- new_rwsem!(Origins::default(), "dm_snap_rs:origins"),
@@ -140,6 +145,7 @@ impl Registry {
                 throttle_wait <- new_condvar!("dm_snap_rs:throttle_wait"),
                 throttle_waiters: AtomicUsize::new(0),
                 throttle_gen: AtomicUsize::new(0),
+                exceptions,
             }),
             GFP_KERNEL,
         )?;
