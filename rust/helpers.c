@@ -92,3 +92,56 @@ void *dmsr_kmem_cache_alloc_noio(struct kmem_cache *cache)
 
 	return p ? p : kmem_cache_alloc(cache, GFP_ATOMIC);
 }
+
+struct dm_io_client *dmsr_dm_io_client_create(void)
+{
+	return dm_io_client_create();
+}
+
+int dmsr_chunk_io(struct dm_io_client *client, struct block_device *bdev,
+		  sector_t sector, sector_t count, void *vmem, int write, int commit)
+{
+	struct dm_io_region where = {
+		.bdev = bdev,
+		.sector = sector,
+		.count = count,
+	};
+	struct dm_io_request io_req = {
+		.bi_opf = write ? (commit ? REQ_OP_WRITE | REQ_PREFLUSH | REQ_FUA | REQ_SYNC :
+					    REQ_OP_WRITE) : REQ_OP_READ,
+		.mem.type = DM_IO_VMA,
+		.mem.ptr.vma = vmem,
+		.client = client,
+		.notify.fn = NULL,
+	};
+
+	return dm_io(&io_req, 1, &where, NULL, IOPRIO_DEFAULT);
+}
+
+struct workqueue_struct *dmsr_alloc_metadata_wq(void)
+{
+	return alloc_workqueue("ksnaphd", WQ_MEM_RECLAIM, 0);
+}
+
+struct dmsr_wq_call {
+	struct work_struct work;
+	void (*fn)(void *);
+	void *arg;
+};
+
+static void dmsr_wq_work(struct work_struct *work)
+{
+	struct dmsr_wq_call *c = container_of(work, struct dmsr_wq_call, work);
+
+	c->fn(c->arg);
+}
+
+void dmsr_run_on_wq(struct workqueue_struct *wq, void (*fn)(void *), void *arg)
+{
+	struct dmsr_wq_call c = { .fn = fn, .arg = arg };
+
+	INIT_WORK_ONSTACK(&c.work, dmsr_wq_work);
+	queue_work(wq, &c.work);
+	flush_workqueue(wq);
+	destroy_work_on_stack(&c.work);
+}

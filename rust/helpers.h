@@ -13,6 +13,8 @@
 #include <linux/dm-kcopyd.h>
 #include <linux/list_bl.h>
 #include <linux/mempool.h>
+#include <linux/dm-io.h>
+#include <linux/workqueue.h>
 
 /* Exported by dm-mod but declared only in its private drivers/md/dm.h. */
 void dm_internal_suspend_fast(struct mapped_device *md);
@@ -45,5 +47,21 @@ struct dm_kcopyd_client *dmsr_kcopyd_client_create(void);
 unsigned int dmsr_cow_threshold(void);
 
 void dmsr_fsleep(unsigned long usecs);
+
+/*
+ * Synchronous I/O of one chunk of vmalloc'ed memory through dm-io; a
+ * commit write is REQ_PREFLUSH | REQ_FUA | REQ_SYNC, as upstream's area
+ * writes.
+ */
+struct dm_io_client *dmsr_dm_io_client_create(void);
+int dmsr_chunk_io(struct dm_io_client *client, struct block_device *bdev,
+		  sector_t sector, sector_t count, void *vmem, int write, int commit);
+
+/*
+ * Runs fn(arg) on wq and waits for it: metadata I/O issued from a bio's
+ * submission context must not be submitted from there (upstream's ksnaphd).
+ */
+struct workqueue_struct *dmsr_alloc_metadata_wq(void);
+void dmsr_run_on_wq(struct workqueue_struct *wq, void (*fn)(void *), void *arg);
 
 #endif

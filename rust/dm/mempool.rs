@@ -86,15 +86,23 @@ impl<T> Slab<T> {
     /// A cache named `name` (shown in /proc/slabinfo).
     pub fn new(name: &'static kernel::str::CStr) -> Result<Self> {
         // SAFETY: `name` is 'static and NUL-terminated.
-        let c = unsafe { sys::dmsr_kmem_cache_create(name.as_char_ptr(), core::mem::size_of::<T>()) };
-        NonNull::new(c).map(|cache| Self { cache, _p: PhantomData }).ok_or(ENOMEM)
+        let c =
+            unsafe { sys::dmsr_kmem_cache_create(name.as_char_ptr(), core::mem::size_of::<T>()) };
+        NonNull::new(c)
+            .map(|cache| Self {
+                cache,
+                _p: PhantomData,
+            })
+            .ok_or(ENOMEM)
     }
 
     /// Allocates and moves `value` in: `GFP_NOIO`, then `GFP_ATOMIC`, as
     /// upstream allocates completed exceptions. May fail; may sleep.
     pub fn alloc(&self, value: T) -> Option<NonNull<T>> {
         // SAFETY: the cache is live.
-        let p = NonNull::new(unsafe { sys::dmsr_kmem_cache_alloc_noio(self.cache.as_ptr()) }.cast::<T>())?;
+        let p = NonNull::new(
+            unsafe { sys::dmsr_kmem_cache_alloc_noio(self.cache.as_ptr()) }.cast::<T>(),
+        )?;
         // SAFETY: a fresh object of `size_of::<T>()` bytes, slab-aligned.
         unsafe { p.as_ptr().write(value) };
         Some(p)

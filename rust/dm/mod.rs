@@ -9,6 +9,7 @@
 
 pub mod bio;
 pub mod device;
+pub mod dmio;
 pub mod kcopyd;
 pub mod mempool;
 pub mod status;

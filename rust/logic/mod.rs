@@ -8,5 +8,6 @@ pub mod args;
 pub mod chunk;
 pub mod disk_format;
 pub mod exception_table;
+pub mod persistent;
 pub mod table;
 pub mod transient;

@@ -11,6 +11,7 @@
 //! and the tables re-checked after; copies are started, bios submitted and
 //! ended, and conflicting reads waited for only with the buckets unlocked.
 
+use super::persistent::PersistentIo;
 use super::registry::{do_origin, HandoverError, Registry};
 use super::store::Store;
 use crate::bindings as sys;
@@ -37,6 +38,8 @@ pub(crate) struct Exceptions {
     #[pin]
     store: SpinLock<Store>,
     geometry: ChunkGeometry,
+    /// The persistent store's metadata I/O; `None` for `N`.
+    pio: Option<Pin<KBox<PersistentIo>>>,
 }
 
 #[pinned_drop]
@@ -77,6 +80,11 @@ impl State {
         &self,
     ) -> kernel::sync::lock::Guard<'_, Store, kernel::sync::lock::spinlock::SpinLockBackend> {
         self.exc.store.lock()
+    }
+
+    /// Metadata sectors of the store (0 for `N`).
+    pub(crate) fn metadata_sectors(&self) -> u64 {
+        self.exc.pio.as_ref().map_or(0, |p| p.metadata_sectors())
     }
 }
 
@@ -141,6 +149,9 @@ pub(crate) struct Snap {
     pub(crate) ti: TargetRef,
     pub(crate) discard_zeroes_cow: bool,
     pub(crate) discard_passdown_origin: bool,
+    /// `PO`: a full COW on a snapshot write overflows instead of
+    /// invalidating (a property of the table, kept across a handover).
+    pub(crate) po: bool,
     pub(crate) cow: TableDev,
     pub(crate) origin: TableDev,
 }
@@ -156,6 +167,8 @@ pub(crate) struct SnapArgs {
     pub(crate) origin: TableDev,
     pub(crate) cow: TableDev,
     pub(crate) store: Store,
+    pub(crate) pio: Option<Pin<KBox<PersistentIo>>>,
+    pub(crate) po: bool,
     pub(crate) ti: TargetRef,
     pub(crate) discard_zeroes_cow: bool,
     pub(crate) discard_passdown_origin: bool,
@@ -190,6 +203,7 @@ impl Snap {
                 complete,
                 store <- new_spinlock!(a.store, "dm_snap_rs:pe_allocation"),
                 geometry,
+                pio: a.pio,
             }),
             GFP_KERNEL,
         )
@@ -215,6 +229,7 @@ impl Snap {
                 ti: a.ti,
                 discard_zeroes_cow: a.discard_zeroes_cow,
                 discard_passdown_origin: a.discard_passdown_origin,
+                po: a.po,
                 cow: a.cow,
                 origin: a.origin,
             }),
@@ -304,6 +319,9 @@ impl Snap {
         } else {
             pr_err!("snapshots: Invalidating snapshot: Error reading/writing.\n");
         }
+        if let Some(p) = st.exc.pio.as_ref() {
+            p.drop_snapshot(&self.cow);
+        }
         st.valid = false;
         self.valid_hint.store(false, Ordering::Relaxed);
         drop(st);
@@ -330,6 +348,60 @@ impl Snap {
         st.valid = false;
         self.valid_hint.store(false, Ordering::Relaxed);
         pr_err!("snapshots: Cancelling snapshot handover.\n");
+    }
+
+    /// A `PO` store is full: writes fail from now on, reads still work.
+    pub(crate) fn overflow(&self) {
+        let mut st = self.state.write();
+        if st.valid && !st.overflowed {
+            st.overflowed = true;
+            pr_err!("snapshots: Snapshot overflowed: Unable to allocate exception.\n");
+        }
+    }
+
+    /// Reads a persistent store's exceptions into the complete table and
+    /// its allocator (`read_metadata`, at construction); a no-op for `N`.
+    pub(crate) fn read_metadata(&self) -> Result {
+        let st = self.state.read();
+        let Some(pio) = st.exc.pio.as_ref() else {
+            return Ok(());
+        };
+        let mut alloc = match &*st.store() {
+            Store::Persistent { alloc, .. } => *alloc,
+            Store::Transient(_) => return Ok(()),
+        };
+        let slab = &Registry::get().exceptions;
+        pio.read_exceptions(&self.cow, &mut alloc, |old, new| {
+            let e = slab.alloc(Exception::new(old, new)).ok_or(ENOMEM)?;
+            let mut b = st.exc.complete.lock(old);
+            // SAFETY: `e` is fresh; the table owns it unless merged.
+            let merged = unsafe { b.insert(e) };
+            drop(b);
+            if let Some(m) = merged {
+                // SAFETY: from this slab, in no table.
+                unsafe { slab.free(m) };
+            }
+            Ok(())
+        })?;
+        if let Store::Persistent { alloc: a, .. } = &mut *st.store() {
+            *a = alloc;
+        }
+        Ok(())
+    }
+
+    /// Writes the header and first area of a new persistent COW.
+    pub(crate) fn init_new_cow(&self) -> Result {
+        let st = self.state.read();
+        match st.exc.pio.as_ref() {
+            Some(p) => p.init_new(&self.cow),
+            None => Ok(()),
+        }
+    }
+
+    /// Loads as invalid: the header says so (a previous invalidation).
+    pub(crate) fn mark_invalid_at_load(&self) {
+        self.state.write().valid = false;
+        self.valid_hint.store(false, Ordering::Relaxed);
     }
 
     /// Marks the snapshot active after its first resume.
@@ -388,6 +460,9 @@ impl Snap {
         pe: NonNull<Pending>,
     ) -> Option<NonNull<Pending>> {
         let new_chunk = st.store().prepare_exception();
+        if let (Some(_), Some(p)) = (new_chunk, st.exc.pio.as_ref()) {
+            p.prepared();
+        }
         match new_chunk {
             Some(c) => {
                 // SAFETY: `pe` is ours and in no table; it stays valid until
@@ -578,9 +653,30 @@ impl Snap {
     /// A copy finished: commit the exception and release its bios
     /// (`copy_callback` -> `commit_exception` -> `pending_complete`).
     fn copy_done(&self, pe: NonNull<Pending>, ok: bool) {
-        // The transient store commits at once; the persistent one will call
-        // back after its metadata write.
-        self.pending_complete(pe, ok);
+        // No handover happens while a pending exception exists (both tables
+        // are quiesced for it), so the store cannot change under us; the
+        // state lock must not be held across `pending_complete`, which
+        // takes it again.
+        let pio = {
+            let st = self.state.read();
+            st.exc.pio.as_ref().map(|p| NonNull::from(&**p))
+        };
+        match pio {
+            // The transient store commits at once.
+            None => self.pending_complete(pe, ok),
+            Some(p) => {
+                // SAFETY: see above: the store outlives this pending exception.
+                let p = unsafe { p.as_ref() };
+                // SAFETY: `pe` is live until `pending_complete` frees it.
+                let (old, new) = unsafe { (pe.as_ref().e.old_chunk, pe.as_ref().e.new_chunk) };
+                if let Some((done, valid)) = p.commit(&self.cow, pe, old, new, ok) {
+                    for &q in done.iter() {
+                        self.pending_complete(q, valid);
+                    }
+                    p.recycle(done);
+                }
+            }
+        }
         self.account_end_copy();
     }
 

@@ -7,6 +7,7 @@
 
 pub(crate) mod cow;
 pub(crate) mod origin;
+pub(crate) mod persistent;
 pub(crate) mod registry;
 pub(crate) mod snapshot;
 pub(crate) mod store;

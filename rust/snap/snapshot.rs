@@ -3,6 +3,7 @@
 //! and friends). The copy-on-write machinery is in [`super::cow`].
 
 use super::cow::{Snap, SnapArgs, SnapInitError};
+use super::persistent::{LoadError, PersistentIo};
 use super::registry::{HandoverError, Registry};
 use super::store::Store;
 use crate::dm::target::{BLK_OPEN_READ, BLK_OPEN_WRITE};
@@ -10,6 +11,7 @@ use crate::dm::{
     Bio, CtrError, DeviceVisitor, Mapped, OwnedBio, Setup, StatusBuf, StatusType, Target, TargetOps,
 };
 use crate::logic::chunk::ChunkGeometry;
+use crate::logic::persistent::Allocator;
 use crate::logic::table::{
     parse_chunk_size, parse_snapshot, parse_store_kind, SnapshotArgs, StoreKind,
 };
@@ -72,19 +74,48 @@ impl TargetOps for Snapshot {
     fn ctr(setup: &mut Setup<'_>, argv: &[&[u8]]) -> Result<Pin<KBox<Self>>, CtrError> {
         let args = parse_snapshot(argv)?;
         let (origin, cow, kind, chunk) = open_devices(setup, &args, false)?;
+        let mut loaded = None;
+        let mut po = false;
+        let mut pio_opt = None;
         let store = match kind {
             StoreKind::Transient => {
                 if chunk == 0 {
                     return Err(CtrError::new(c"Chunk size not set", EINVAL));
                 }
-                let g = ChunkGeometry::new(chunk).ok_or(CtrError::new(c"Chunk size not set", EINVAL))?;
+                let g = ChunkGeometry::new(chunk)
+                    .ok_or(CtrError::new(c"Chunk size not set", EINVAL))?;
                 Store::Transient(TransientStore::new(g, cow.nr_sectors()))
             }
-            StoreKind::Persistent { .. } => {
-                return Err(CtrError::new(
-                    c"Couldn't create exception store: persistent stores are not implemented by dm_snap_rs yet",
-                    EINVAL,
-                ))
+            StoreKind::Persistent { overflow } => {
+                let (cow_lbs, origin_lbs) = (
+                    cow.logical_block_size() >> 9,
+                    origin.logical_block_size() >> 9,
+                );
+                let valid_chunk = |c: u32| {
+                    c.is_power_of_two()
+                        && c % cow_lbs.max(1) == 0
+                        && c % origin_lbs.max(1) == 0
+                        && c <= crate::logic::table::MAX_CHUNK_SECTORS
+                };
+                let (pio, l) = PersistentIo::open(&cow, chunk, valid_chunk).map_err(|e| {
+                    let err = match e {
+                        LoadError::Io(e) => e,
+                        LoadError::Corrupt => ENXIO,
+                        LoadError::Version | LoadError::ChunkSize => EINVAL,
+                    };
+                    CtrError::new(c"Failed to read snapshot metadata", err)
+                })?;
+                let g = ChunkGeometry::new(l.chunk)
+                    .ok_or(CtrError::new(c"Failed to read snapshot metadata", EINVAL))?;
+                let cow_sectors = cow.nr_sectors();
+                loaded = Some(l);
+                po = overflow;
+                pio_opt = Some(pio);
+                Store::Persistent {
+                    alloc: Allocator::new(g.sectors(), cow_sectors),
+                    geometry: g,
+                    cow_sectors,
+                }
             }
         };
         let zeroes = args.discard_zeroes_cow;
@@ -93,6 +124,8 @@ impl TargetOps for Snapshot {
             origin,
             cow,
             store,
+            pio: pio_opt,
+            po,
             ti: setup.target().handle(),
             discard_zeroes_cow: zeroes,
             discard_passdown_origin: passdown,
@@ -126,6 +159,18 @@ impl TargetOps for Snapshot {
             // when it takes over the exceptions at resume.
             return KBox::pin(Snapshot { snap }, GFP_KERNEL)
                 .map_err(|_| CtrError::new(c"Cannot allocate private snapshot structure", ENOMEM));
+        }
+        if let Some(l) = loaded {
+            let r = if l.new_cow {
+                snap.init_new_cow()
+            } else if !l.valid {
+                pr_warn!("snapshots: Snapshot is marked invalid.\n");
+                snap.mark_invalid_at_load();
+                Ok(())
+            } else {
+                snap.read_metadata()
+            };
+            r.map_err(|e| CtrError::new(c"Failed to read snapshot metadata", e))?;
         }
         setup
             .set_max_io_len(snap.chunk_sectors())
@@ -202,9 +247,13 @@ impl TargetOps for Snapshot {
             Err(()) => {
                 drop(locks);
                 drop(state);
-                // The COW is full. (A `PO` store will mark the snapshot
-                // overflowed here instead.)
-                s.invalidate(true);
+                // The COW is full: `PO` overflows (writes fail, reads
+                // work), anything else invalidates.
+                if s.po {
+                    s.overflow();
+                } else {
+                    s.invalidate(true);
+                }
                 return bio.kill();
             }
         };
@@ -294,7 +343,7 @@ impl TargetOps for Snapshot {
                 } else if st.overflowed {
                     out.write_str("Overflow")
                 } else {
-                    let u = st.store().usage();
+                    let u = st.store().usage(st.metadata_sectors());
                     write!(out, "{}/{} {}", u.allocated, u.total, u.metadata)
                 }
             }
@@ -302,7 +351,7 @@ impl TargetOps for Snapshot {
                 let _ = write!(out, "{} {}", s.origin.name(), s.cow.name());
                 let st = s.state.read();
                 // A destination not yet resumed has no chunk size yet.
-                let _ = st.store().status_table(out, st.handover_dest);
+                let _ = st.store().status_table(out, st.handover_dest, s.po);
                 let n = u32::from(s.discard_zeroes_cow) + u32::from(s.discard_passdown_origin);
                 if n > 0 {
                     let _ = write!(out, " {}", n);

@@ -1,12 +1,12 @@
 #!/bin/sh
-# A deterministic random workload on one origin and up to 4 transient
-# snapshots, for differential testing against the C driver:
+# A deterministic random workload on one origin and up to 4 snapshots
+# (store $STORE, default N), for differential testing against the C driver:
 #   workload.sh CHUNK SEED OUT
 # The loaded driver (ours or upstream's) serves it; OUT gets every read's
 # checksum, the final checksums of the origin and each snapshot, and their
 # status and table lines. Same CHUNK and SEED give the same operations.
 . /payload/tests/vm/lib.sh
-CHUNK=$1 SEED=$2 OUT=$3
+CHUNK=$1 SEED=$2 OUT=$3 STORE=${STORE:-N}
 OMB=24 CMB=8 NOPS=${NOPS:-120}
 O=$(nullb_create wl_o $OMB) || exit 1
 for i in 1 2 3 4; do nullb_create wl_c$i $CMB >/dev/null || exit 1; done
@@ -41,7 +41,8 @@ while read -r op a b c d; do
 		[ $nsnap -ge 4 ] && continue
 		nsnap=$((nsnap + 1))
 		dmsetup suspend wl-origin
-		echo "0 $SECT snapshot $O /dev/wl_c$nsnap N $CHUNK" | dmsetup create wl-s$nsnap ||
+		dd if=/dev/zero of=/dev/wl_c$nsnap bs=4k count=1 oflag=direct 2>/dev/null
+		echo "0 $SECT snapshot $O /dev/wl_c$nsnap $STORE $CHUNK" | dmsetup create wl-s$nsnap ||
 			echo "create wl-s$nsnap failed" >>"$OUT"
 		dmsetup resume wl-origin
 		;;

@@ -1,0 +1,306 @@
+//! The persistent exception store's I/O (`P`/`PO`, upstream's
+//! `dm-snap-persistent.c`): reading the header and the metadata areas at
+//! construction, group commits of the current area with PREFLUSH|FUA
+//! before the bios that depend on them are released, and the header
+//! rewrite that makes an invalidation permanent. The format and the
+//! bookkeeping are the pure code in [`crate::logic::disk_format`] and
+//! [`crate::logic::persistent`].
+//!
+//! Commits run in kcopyd's worker, one at a time per snapshot; the commit
+//! state is behind a mutex anyway, since invalidation also touches it.
+
+use super::cow::Pending;
+use crate::dm::dmio::{DmIo, IoBuf, MetadataWq};
+use crate::dm::TableDev;
+use crate::logic::chunk::Chunk;
+use crate::logic::disk_format::{
+    area_entries, area_location, exceptions_per_area, read_exception, Header,
+    DEFAULT_CHUNK_SECTORS, SNAP_MAGIC,
+};
+use crate::logic::persistent::{Allocator, CommitStep, Committer};
+use core::ptr::NonNull;
+use core::sync::atomic::{AtomicU64, Ordering};
+use kernel::new_mutex;
+use kernel::prelude::*;
+use kernel::sync::Mutex;
+
+struct Commit {
+    area: IoBuf,
+    zero: IoBuf,
+    committer: Committer,
+    /// Exceptions written to `area` but not yet on disk, to complete once
+    /// it is; `spare` is the other of two preallocated lists, so that no
+    /// allocation happens on the I/O path.
+    callbacks: KVec<NonNull<Pending>>,
+    spare: Option<KVec<NonNull<Pending>>>,
+    valid: bool,
+}
+
+// SAFETY: the pending-exception pointers are owned by their snapshot and
+// only handed back to it.
+unsafe impl Send for Commit {}
+
+/// What the header said.
+pub(crate) struct Loaded {
+    /// The chunk size to use (the on-disk one if there is a header).
+    pub(crate) chunk: u32,
+    /// A zeroed header: a new COW.
+    pub(crate) new_cow: bool,
+    /// The header's valid flag (true for a new COW).
+    pub(crate) valid: bool,
+}
+
+/// Why the metadata could not be used.
+pub(crate) enum LoadError {
+    /// I/O error or memory.
+    Io(Error),
+    /// Foreign magic ("Invalid or corrupt snapshot").
+    Corrupt,
+    /// Unknown disk version.
+    Version,
+    /// The on-disk chunk size is unusable.
+    ChunkSize,
+}
+
+/// A persistent store's metadata I/O state.
+#[pin_data]
+pub(crate) struct PersistentIo {
+    io: DmIo,
+    wq: MetadataWq,
+    chunk: u32,
+    #[pin]
+    commit: Mutex<Commit>,
+    #[pin]
+    header: Mutex<IoBuf>,
+    /// Exceptions prepared but not yet committed.
+    in_flight: AtomicU64,
+    metadata_sectors: AtomicU64,
+}
+
+fn chunk_bytes(chunk: u32) -> usize {
+    chunk as usize * 512
+}
+
+impl PersistentIo {
+    /// Reads the header of `cow` (`read_header`): with the table's chunk
+    /// size, or upstream's default for 0; an existing header's chunk size
+    /// wins and is checked with `valid_chunk`. Nothing is written.
+    pub(crate) fn open(
+        cow: &TableDev,
+        table_chunk: u32,
+        valid_chunk: impl Fn(u32) -> bool,
+    ) -> Result<(Pin<KBox<Self>>, Loaded), LoadError> {
+        let io = DmIo::new().map_err(LoadError::Io)?;
+        let mut chunk = table_chunk;
+        if chunk == 0 {
+            chunk = DEFAULT_CHUNK_SECTORS.max(cow.logical_block_size() >> 9);
+        }
+        let mut hb = IoBuf::new(chunk_bytes(chunk)).map_err(LoadError::Io)?;
+        io.read(cow, 0, &mut hb).map_err(LoadError::Io)?;
+        let h = Header::decode(hb.as_slice()).ok_or(LoadError::Io(EIO))?;
+        let loaded = if h.magic == 0 {
+            Loaded {
+                chunk,
+                new_cow: true,
+                valid: true,
+            }
+        } else if h.magic != SNAP_MAGIC {
+            pr_warn!("snapshots: Invalid or corrupt snapshot\n");
+            return Err(LoadError::Corrupt);
+        } else {
+            if h.chunk_size != chunk {
+                if table_chunk != 0 {
+                    pr_warn!(
+                        "snapshots: chunk size {} in device metadata overrides table chunk size of {}.\n",
+                        h.chunk_size,
+                        table_chunk
+                    );
+                }
+                if !valid_chunk(h.chunk_size) {
+                    pr_err!("snapshots: invalid on-disk chunk size {}.\n", h.chunk_size);
+                    return Err(LoadError::ChunkSize);
+                }
+                chunk = h.chunk_size;
+            }
+            if h.version != 1 {
+                pr_warn!(
+                    "snapshots: unable to handle snapshot disk version {}\n",
+                    h.version
+                );
+                return Err(LoadError::Version);
+            }
+            Loaded {
+                chunk,
+                new_cow: false,
+                valid: h.valid != 0,
+            }
+        };
+        let epa = exceptions_per_area(chunk) as usize;
+        let commit = Commit {
+            area: IoBuf::new(chunk_bytes(chunk)).map_err(LoadError::Io)?,
+            zero: IoBuf::new(chunk_bytes(chunk)).map_err(LoadError::Io)?,
+            committer: Committer::new(chunk),
+            callbacks: KVec::with_capacity(epa, GFP_KERNEL).map_err(|_| LoadError::Io(ENOMEM))?,
+            spare: Some(KVec::with_capacity(epa, GFP_KERNEL).map_err(|_| LoadError::Io(ENOMEM))?),
+            valid: loaded.valid,
+        };
+        let header = IoBuf::new(chunk_bytes(chunk)).map_err(LoadError::Io)?;
+        let wq = MetadataWq::new().map_err(LoadError::Io)?;
+        let metadata = 2 * u64::from(chunk);
+        let pio = KBox::pin_init(
+            pin_init!(PersistentIo {
+                io,
+                wq,
+                chunk,
+                commit <- new_mutex!(commit, "dm_snap_rs:pstore_commit"),
+                header <- new_mutex!(header, "dm_snap_rs:pstore_header"),
+                in_flight: AtomicU64::new(0),
+                metadata_sectors: AtomicU64::new(metadata),
+            }),
+            GFP_KERNEL,
+        )
+        .map_err(|_| LoadError::Io(ENOMEM))?;
+        Ok((pio, loaded))
+    }
+
+    fn write_header(&self, cow: &TableDev, valid: bool) -> Result {
+        let mut h = self.header.lock();
+        let mut hd = Header::new(self.chunk);
+        hd.valid = u32::from(valid);
+        hd.encode(h.as_mut_slice());
+        self.io.write(cow, 0, &h, false)
+    }
+
+    /// Sets up a new COW: header, then an empty first area.
+    pub(crate) fn init_new(&self, cow: &TableDev) -> Result {
+        self.write_header(cow, true)?;
+        let c = self.commit.lock();
+        self.io.write(
+            cow,
+            area_location(0, self.chunk) * u64::from(self.chunk),
+            &c.zero,
+            false,
+        )
+    }
+
+    /// Reads every metadata area (`read_exceptions`), passing each
+    /// exception to `add` and accounting for it in `alloc`; the last,
+    /// partly filled area becomes the one commits go on filling.
+    pub(crate) fn read_exceptions(
+        &self,
+        cow: &TableDev,
+        alloc: &mut Allocator,
+        mut add: impl FnMut(Chunk, Chunk) -> Result,
+    ) -> Result {
+        let mut c = self.commit.lock();
+        let mut area = 0u64;
+        loop {
+            let sector = area_location(area, self.chunk) * u64::from(self.chunk);
+            if sector + u64::from(self.chunk) > cow.nr_sectors() {
+                return Err(EIO);
+            }
+            self.io.read(cow, sector, &mut c.area)?;
+            let (n, full) = area_entries(c.area.as_slice());
+            for k in 0..n {
+                let (old, new) = read_exception(c.area.as_slice(), k);
+                alloc.saw(new);
+                add(old, new)?;
+            }
+            if !full {
+                c.committer.current_area = area;
+                c.committer.current_committed = n;
+                break;
+            }
+            area += 1;
+        }
+        alloc.finish_read();
+        self.metadata_sectors
+            .store(c.committer.metadata_sectors(), Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// An exception was prepared (a COW chunk allocated).
+    pub(crate) fn prepared(&self) {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// The copy for `pe` finished (`persistent_commit_exception`): records
+    /// it in the current area and, when no other copy is in flight or the
+    /// area is full, writes the area. Returns the exceptions now safely on
+    /// disk (or failed) and whether they are valid; the caller completes
+    /// them and then gives the list back with [`PersistentIo::recycle`].
+    pub(crate) fn commit(
+        &self,
+        cow: &TableDev,
+        pe: NonNull<Pending>,
+        old: Chunk,
+        new: Chunk,
+        ok: bool,
+    ) -> Option<(KVec<NonNull<Pending>>, bool)> {
+        let mut guard = self.commit.lock();
+        let c = &mut *guard;
+        if !ok {
+            c.valid = false;
+        }
+        let others = self.in_flight.fetch_sub(1, Ordering::AcqRel) - 1;
+        let step = c.committer.add(c.area.as_mut_slice(), old, new, others);
+        // Within the capacity reserved for a whole area: never allocates.
+        let _ = c.callbacks.push(pe, GFP_NOWAIT);
+        let CommitStep::Write {
+            area_chunk,
+            zero_next,
+            next_area_chunk,
+        } = step
+        else {
+            return None;
+        };
+        let chunk = u64::from(self.chunk);
+        if zero_next
+            && self
+                .io
+                .write(cow, next_area_chunk * chunk, &c.zero, false)
+                .is_err()
+        {
+            c.valid = false;
+        }
+        if c.valid
+            && self
+                .io
+                .write(cow, area_chunk * chunk, &c.area, true)
+                .is_err()
+        {
+            c.valid = false;
+        }
+        c.committer.written(c.area.as_mut_slice());
+        self.metadata_sectors
+            .store(c.committer.metadata_sectors(), Ordering::Relaxed);
+        let spare = c.spare.take()?;
+        let done = core::mem::replace(&mut c.callbacks, spare);
+        Some((done, c.valid))
+    }
+
+    /// Gives back a list returned by [`PersistentIo::commit`], emptied.
+    pub(crate) fn recycle(&self, mut list: KVec<NonNull<Pending>>) {
+        // SAFETY: the elements are plain pointers (nothing to drop) that
+        // the caller has finished with.
+        unsafe { list.set_len(0) };
+        self.commit.lock().spare = Some(list);
+    }
+
+    /// Makes an invalidation permanent (`persistent_drop_snapshot`): no
+    /// further commits, and the header says invalid. The header is written
+    /// from the metadata workqueue, as the caller may be submitting a bio.
+    pub(crate) fn drop_snapshot(&self, cow: &TableDev) {
+        self.commit.lock().valid = false;
+        self.wq.run(|| {
+            if self.write_header(cow, false).is_err() {
+                pr_warn!("snapshots: write header failed\n");
+            }
+        });
+    }
+
+    /// Metadata sectors for status: header and areas so far.
+    pub(crate) fn metadata_sectors(&self) -> u64 {
+        self.metadata_sectors.load(Ordering::Relaxed)
+    }
+}
