@@ -415,7 +415,7 @@ impl TargetOps for SnapshotMerge {
         Err(match kind {
             StoreKind::Transient => CtrError::new(c"Snapshot exception store does not support snapshot-merge.", EINVAL),
             StoreKind::Persistent { .. } => CtrError::new(
-                c"Couldn't create exception store: persistent stores are not implemented by dm_snap_rs yet",
+                c"snapshot-merge is not implemented by dm_snap_rs yet",
                 EINVAL,
             ),
         })
