@@ -145,3 +145,8 @@ void dmsr_run_on_wq(struct workqueue_struct *wq, void (*fn)(void *), void *arg)
 	flush_workqueue(wq);
 	destroy_work_on_stack(&c.work);
 }
+
+void dmsr_down_write_nested(struct rw_semaphore *sem)
+{
+	down_write_nested(sem, SINGLE_DEPTH_NESTING);
+}

@@ -13,6 +13,7 @@
 #include <linux/dm-kcopyd.h>
 #include <linux/list_bl.h>
 #include <linux/mempool.h>
+#include <linux/rwsem.h>
 #include <linux/dm-io.h>
 #include <linux/workqueue.h>
 
@@ -47,6 +48,9 @@ struct dm_kcopyd_client *dmsr_kcopyd_client_create(void);
 unsigned int dmsr_cow_threshold(void);
 
 void dmsr_fsleep(unsigned long usecs);
+
+/* down_write_nested() is a macro without lockdep. */
+void dmsr_down_write_nested(struct rw_semaphore *sem);
 
 /*
  * Synchronous I/O of one chunk of vmalloc'ed memory through dm-io; a

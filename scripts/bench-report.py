@@ -33,6 +33,12 @@ def per_round(key, idx):
         d[x[0]].append(x[idx])
     return {r: med(v) for r, v in d.items()}
 
+slab = {}
+for line in open(raw, errors="replace"):
+    f = line.split()
+    if len(f) >= 5 and f[0] == "SLAB" and f[4].isdigit():
+        slab[f[1]] = int(f[4])
+
 rows = ["origin-cow", "origin-rewrite", "snap-write", "snap-read"]
 keys = sorted({(k[1], k[2]) for k in runs})
 out = []
@@ -65,6 +71,11 @@ for eng, jobs in keys:
             iops = [x[1] for x in v]
             out.append([row, eng, jobs, drv, len(v), med(iops), min(iops), max(iops), med([x[2] for x in v]), med([x[3] for x in v]),
                         f"{med(ratios):.3f}" if ratios else "", f"{min(ratios):.3f}" if ratios else "", f"{max(ratios):.3f}" if ratios else ""])
+
+print("# memory: per completed exception (slab object size, a randomly written chunk):"
+      f" C {slab.get('C', '?')} B, dm_snap_rs {slab.get('rs', '?')} B;"
+      " per complete-table bucket head: C 6.12.117 16 B (hlist_head + spinlock_t), dm_snap_rs 8 B"
+      " (hlist_bl head, bit 0 is the lock); table cap 2 MiB: C 131072 buckets, dm_snap_rs 262144")
 
 with open(prefix + ".csv", "w", newline="") as f:
     w = csv.writer(f)

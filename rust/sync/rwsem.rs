@@ -68,7 +68,7 @@ impl<T> RwSem<T> {
     /// together with a first one (`down_write_nested`, single depth).
     pub fn write_nested(&self) -> WriteGuard<'_, T> {
         // SAFETY: as in `read`.
-        unsafe { bindings::down_write_nested(self.sem.get(), 1) };
+        unsafe { crate::bindings::dmsr_down_write_nested(self.sem.get()) };
         WriteGuard { lock: self }
     }
 

@@ -47,6 +47,27 @@ mksnap() {
 }
 rmall() { dmsetup remove bs 2>/dev/null; dmsetup remove bo 2>/dev/null; }
 
+# Memory per exception and per bucket head, as the kernel reports it.
+load_c; echo "SLAB C dm_exception object_size $(cat /sys/kernel/slab/dm_exception/object_size 2>/dev/null)"
+unload_drivers; insmod $KO_PERF
+echo "SLAB rs dm_snap_rs_exception object_size $(cat /sys/kernel/slab/dm_snap_rs_exception/object_size 2>/dev/null)"
+unload_drivers
+
+# Lock statistics (lockstat flavour): origin COW writes at $SMP jobs per
+# driver, the most contended lock classes.
+if [ -w /proc/lock_stat ] && [ "${LOCKSTAT:-0}" = 1 ]; then
+	for drv in c rs; do
+		if [ $drv = c ]; then load_c; else unload_drivers; insmod $KO_PERF; fi
+		mkorigin; mksnap
+		echo 0 >/proc/lock_stat
+		fiorun /dev/mapper/bo randwrite libaio $SMP >/dev/null
+		awk -v d=$drv 'NR > 4 && $0 ~ /:/ && $2+0 > 0 {print "LOCKSTAT", d, $0}' /proc/lock_stat | sort -k5 -nr | head -15
+		rmall
+	done
+	unload_drivers
+	exit 0
+fi
+
 order="c rs rs c"
 r=0
 while [ $r -lt $ROUNDS ]; do
