@@ -413,7 +413,10 @@ impl TargetOps for SnapshotMerge {
         let args = parse_snapshot(argv)?;
         let (_origin, _cow, kind, _chunk) = open_devices(setup, &args, true)?;
         Err(match kind {
-            StoreKind::Transient => CtrError::new(c"Snapshot exception store does not support snapshot-merge.", EINVAL),
+            StoreKind::Transient => CtrError::new(
+                c"Snapshot exception store does not support snapshot-merge.",
+                EINVAL,
+            ),
             StoreKind::Persistent { .. } => CtrError::new(
                 c"snapshot-merge is not implemented by dm_snap_rs yet",
                 EINVAL,

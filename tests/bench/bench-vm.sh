@@ -10,15 +10,17 @@
 ROUNDS=${ROUNDS:-2} SMP=${SMP:-$(nproc)} PERJOB_MB=${PERJOB_MB:-16} STORE=${STORE:-N} CHUNK=${CHUNK:-8}
 KO_PERF=/payload/files/dm_snap_rs.ko
 
-nb() { # name size_mb: a null_blk without memory backing
+nb() { # name size_mb [memory_backed]: a null_blk, by default without memory
 	modprobe null_blk nr_devices=0 >/dev/null 2>&1
 	d=/sys/kernel/config/nullb/$1; mkdir "$d"
 	echo "$2" >"$d/size"; echo 512 >"$d/blocksize"; echo 2 >"$d/queue_mode"
+	echo "${3:-0}" >"$d/memory_backed"
 	echo "$SMP" >"$d/submit_queues"; echo 1024 >"$d/hw_queue_depth"; echo 1 >"$d/irqmode"
 	echo 1 >"$d/power"; echo /dev/$1
 }
 SIZE_MB=$((PERJOB_MB * SMP + 16))
-ORIG=$(nb bo $SIZE_MB); COW=$(nb bc $((SIZE_MB * 2)))
+# A persistent store reads back its metadata: its COW needs memory backing.
+ORIG=$(nb bo $SIZE_MB); COW=$(nb bc $((SIZE_MB * 2)) $([ "$STORE" = N ] && echo 0 || echo 1))
 SECT=$(blockdev --getsz $ORIG)
 
 fiorun() { # dev rw engine jobs -> "iops p50 p99" (µs)
@@ -41,6 +43,7 @@ fiorun() { # dev rw engine jobs -> "iops p50 p99" (µs)
 result() { echo "RESULT $*"; }
 mkorigin() { echo "0 $SECT snapshot-origin $ORIG" | dmsetup create bo; }
 mksnap() {
+	dd if=/dev/zero of=$COW bs=4k count=1 oflag=direct 2>/dev/null
 	dmsetup suspend bo
 	echo "0 $SECT snapshot $ORIG $COW $STORE $CHUNK" | dmsetup create bs
 	dmsetup resume bo
