@@ -98,8 +98,25 @@ for kind in magic version chunk; do
 	if $TOOL check $C3 >/dev/null 2>&1; then fail "dm-snap-cow check reports the bad $kind"
 	else ok "dm-snap-cow check reports the bad $kind"; fi
 done
+# A truncated COW: metadata area 0 is full (256 exceptions with 4 KiB
+# chunks), so area 1 is read, but the copy is cut before it.
+load_rs
+dd if=/dev/zero of=$C bs=1M count=16 oflag=direct 2>/dev/null
+echo "0 $S snapshot-origin $O" | dmsetup create ps-origin
+dmsetup suspend ps-origin
+echo "0 $S snapshot $O $C P 8" | dmsetup create ps-full
+dmsetup resume ps-origin
+dd if=/tmp/base of=/dev/mapper/ps-origin bs=4k count=300 oflag=direct 2>/dev/null
+dmsetup remove ps-full; dmsetup remove ps-origin
+C4=$(nullb_create ps_trunc 1)
+dd if=$C of=$C4 bs=4k count=250 oflag=direct 2>/dev/null
+check "dm-snap-cow check reports the truncated COW" sh -c "! $TOOL check $C4"
+r=$(dm_error ps-bad "0 $S snapshot $O $C4 P 8")
+load_c; c=$(dm_error ps-bad "0 $S snapshot $O $C4 P 8")
+expect_eq "truncated COW refused as by the C driver" "$c" "$r"
+expect_eq "truncated COW refused at activation" "snapshot: Failed to read snapshot metadata (-EIO)" "$r"
 unload_drivers
-nullb_remove ps_o; nullb_remove ps_c; nullb_remove ps_small; nullb_remove ps_bad
+nullb_remove ps_o; nullb_remove ps_c; nullb_remove ps_small; nullb_remove ps_bad; nullb_remove ps_trunc
 
 # --- differential: random workloads on P and PO stores --------------------------
 for spec in P:8:31 PO:16:32 P:128:33; do
