@@ -73,19 +73,33 @@ impl Exception {
     }
 }
 
-/// Locks and unlocks bit 0 of a bucket head word.
+/// How a bucket is locked. A bucket is a `Head`: a word holding the first
+/// entry, plus whatever lock guards it. `hlist_bl` keeps the lock in bit 0
+/// of the word itself ([`SpinBit`] here, `hlist_bl_lock()` in the kernel);
+/// a kernel with `CONFIG_PREEMPT_RT` puts a spinlock beside the word.
 pub trait BucketLock {
-    /// Spins until bit 0 is ours (with the kernel's bit spinlock semantics:
-    /// preemption disabled until [`BucketLock::unlock`]).
-    fn lock(head: &AtomicUsize);
-    /// Releases bit 0.
-    fn unlock(head: &AtomicUsize);
+    /// One bucket.
+    type Head;
+    /// Bits of the word the lock owns (1 for a bit lock, 0 otherwise).
+    const LOCK_BITS: usize;
+    /// The first-entry word of `head`.
+    fn word(head: &Self::Head) -> &AtomicUsize;
+    /// Spins until the bucket is ours (a bit lock also disables
+    /// preemption in the kernel, until [`BucketLock::unlock`]).
+    fn lock(head: &Self::Head);
+    /// Releases the bucket.
+    fn unlock(head: &Self::Head);
 }
 
-/// A plain spinning bit lock, for userspace.
+/// A plain spinning bit lock on bit 0 of the word, for userspace.
 pub struct SpinBit;
 
 impl BucketLock for SpinBit {
+    type Head = AtomicUsize;
+    const LOCK_BITS: usize = 1;
+    fn word(head: &AtomicUsize) -> &AtomicUsize {
+        head
+    }
     fn lock(head: &AtomicUsize) {
         while head.fetch_or(1, Ordering::Acquire) & 1 != 0 {
             while head.load(Ordering::Relaxed) & 1 != 0 {
@@ -98,16 +112,16 @@ impl BucketLock for SpinBit {
     }
 }
 
-/// A hash table of exceptions over bucket heads `H` (a slice of words,
-/// zeroed, a power of two of them), locked with `L`.
-pub struct ExceptionTable<H: Deref<Target = [AtomicUsize]>, L: BucketLock> {
+/// A hash table of exceptions over bucket heads `H` (a slice of
+/// `L::Head`, with zeroed words, a power of two of them), locked with `L`.
+pub struct ExceptionTable<H: Deref<Target = [L::Head]>, L: BucketLock> {
     heads: H,
     mask: u64,
     hash_shift: u32,
     _lock: PhantomData<L>,
 }
 
-impl<H: Deref<Target = [AtomicUsize]>, L: BucketLock> ExceptionTable<H, L> {
+impl<H: Deref<Target = [L::Head]>, L: BucketLock> ExceptionTable<H, L> {
     /// A table over `heads`; `hash_shift` 8 makes a complete table (runs),
     /// 0 a pending one. `None` unless the head count is a power of two.
     pub fn new(heads: H, hash_shift: u32) -> Option<Self> {
@@ -128,7 +142,7 @@ impl<H: Deref<Target = [AtomicUsize]>, L: BucketLock> ExceptionTable<H, L> {
         self.heads.len()
     }
 
-    fn head(&self, chunk: Chunk) -> &AtomicUsize {
+    fn head(&self, chunk: Chunk) -> &L::Head {
         &self.heads[((chunk >> self.hash_shift) & self.mask) as usize]
     }
 
@@ -148,7 +162,7 @@ impl<H: Deref<Target = [AtomicUsize]>, L: BucketLock> ExceptionTable<H, L> {
     /// `&mut self` excludes every other user.
     pub fn drain(&mut self, mut free: impl FnMut(NonNull<Exception>)) {
         for head in self.heads.iter() {
-            let mut p = (head.swap(0, Ordering::Relaxed) & !1) as *mut Exception;
+            let mut p = (L::word(head).swap(0, Ordering::Relaxed) & !1) as *mut Exception;
             while let Some(e) = NonNull::new(p) {
                 // SAFETY: entries in a table are valid until removed; this
                 // one is unlinked now and handed to its owner.
@@ -161,19 +175,19 @@ impl<H: Deref<Target = [AtomicUsize]>, L: BucketLock> ExceptionTable<H, L> {
 
 /// A locked bucket; unlocked on drop.
 pub struct Bucket<'a, L: BucketLock> {
-    head: &'a AtomicUsize,
+    head: &'a L::Head,
     merge: bool,
     _lock: PhantomData<L>,
 }
 
 impl<L: BucketLock> Bucket<'_, L> {
     fn first(&self) -> *mut Exception {
-        (self.head.load(Ordering::Relaxed) & !1) as *mut Exception
+        (L::word(self.head).load(Ordering::Relaxed) & !1) as *mut Exception
     }
 
     fn set_first(&self, e: *mut Exception) {
-        // Keep bit 0 (our lock) set.
-        self.head.store(e as usize | 1, Ordering::Relaxed);
+        // Keep the lock's bits (a bit lock: ours, held) set.
+        L::word(self.head).store(e as usize | L::LOCK_BITS, Ordering::Relaxed);
     }
 
     /// The entry covering `chunk`, if any (only valid while locked).

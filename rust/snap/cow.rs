@@ -19,13 +19,14 @@ use crate::dm::kcopyd::{CopyJob, FullBio, Kcopyd, Region};
 use crate::dm::mempool::Mempool;
 use crate::dm::{BioList, OwnedBio, TableDev, TargetRef};
 use crate::logic::chunk::{table_sizes, Chunk, ChunkGeometry};
-use crate::logic::exception_table::{Bucket, Exception, ExceptionTable};
+use crate::logic::exception_table::{Bucket, BucketLock, Exception, ExceptionTable};
 use crate::new_rwsem;
-use crate::sync::{HlistBl, RwSem};
+use crate::sync::{BucketLocks, RwSem};
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use kernel::new_spinlock;
 use kernel::prelude::*;
+use kernel::sync::LockClassKey;
 use kernel::sync::SpinLock;
 
 /// What a handover moves from the old table's snapshot to the new one's:
@@ -88,7 +89,7 @@ impl State {
     }
 }
 
-type Table = ExceptionTable<KVec<AtomicUsize>, HlistBl>;
+type Table = ExceptionTable<KVec<<BucketLocks as BucketLock>::Head>, BucketLocks>;
 
 /// Upstream's cap on the complete table: 2 MiB of bucket heads.
 const MAX_TABLE_BYTES: u64 = 2 << 20;
@@ -97,19 +98,15 @@ const TRACK_SLOTS: usize = 1024;
 /// Pending exceptions reserved in the mempool (upstream's `MIN_IOS`).
 const MIN_IOS: i32 = 256;
 
-fn new_table(buckets: usize, hash_shift: u32) -> Result<Table> {
-    let mut heads = KVec::with_capacity(buckets, GFP_KERNEL)?;
-    for _ in 0..buckets {
-        heads.push(AtomicUsize::new(0), GFP_KERNEL)?;
-    }
-    Table::new(heads, hash_shift).ok_or(EINVAL)
+fn new_table(buckets: usize, hash_shift: u32, key: &'static LockClassKey) -> Result<Table> {
+    Table::new(BucketLocks::new_heads(buckets, key)?, hash_shift).ok_or(EINVAL)
 }
 
 /// A chunk's complete and pending buckets, locked in that order and
 /// unlocked in reverse (field order).
 pub(crate) struct ChunkLocks<'a> {
-    pending: Bucket<'a, HlistBl>,
-    complete: Bucket<'a, HlistBl>,
+    pending: Bucket<'a, BucketLocks>,
+    complete: Bucket<'a, BucketLocks>,
 }
 
 /// A copy of one chunk in flight; the table entry is its first field, so a
@@ -187,8 +184,10 @@ impl Snap {
     pub(crate) fn new(a: SnapArgs) -> Result<Pin<KBox<Snap>>, SnapInitError> {
         let geometry = a.store.geometry();
         let (nc, np) = table_sizes(a.cow.nr_sectors(), geometry.shift(), MAX_TABLE_BYTES / 8);
-        let complete = new_table(nc, 8).map_err(|_| SnapInitError::HashTables)?;
-        let pending = new_table(np, 0).map_err(|_| SnapInitError::HashTables)?;
+        let complete = new_table(nc, 8, kernel::static_lock_class!())
+            .map_err(|_| SnapInitError::HashTables)?;
+        let pending = new_table(np, 0, kernel::static_lock_class!())
+            .map_err(|_| SnapInitError::HashTables)?;
         let mut tracked =
             KVec::with_capacity(TRACK_SLOTS, GFP_KERNEL).map_err(|_| SnapInitError::HashTables)?;
         for _ in 0..TRACK_SLOTS {

@@ -8,5 +8,5 @@
 pub mod bitlock;
 pub mod rwsem;
 
-pub use bitlock::HlistBl;
+pub use bitlock::{BucketLocks, HlistBl, RtSpin};
 pub use rwsem::RwSem;
