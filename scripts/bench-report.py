@@ -39,7 +39,8 @@ for line in open(raw, errors="replace"):
     if len(f) >= 5 and f[0] == "SLAB" and f[4].isdigit():
         slab[f[1]] = int(f[4])
 
-rows = ["origin-cow", "origin-rewrite", "snap-write", "snap-read"]
+base_rows = ["origin-cow", "origin-rewrite", "snap-write", "snap-read"]
+rows = [r for b in base_rows for r in sorted({k[0] for k in runs}) if r == b or r.startswith(b + "/")]
 keys = sorted({(k[1], k[2]) for k in runs})
 out = []
 print(f"# dm_snap_rs vs C dm-snapshot.ko, 4 KiB random I/O ({machine})")
@@ -112,3 +113,12 @@ fig.suptitle(f"4 KiB random I/O on null_blk ({machine}); ratios are what count")
 fig.tight_layout()
 fig.savefig(prefix + ".png", dpi=90)
 print(f"# plot: {prefix}.png")
+
+# P vs N in the same boot, per driver, when both were measured.
+pn = [(k[0][: -len("/P")], k[1], k[2], k[3]) for k in runs if k[0].endswith("/P")]
+if pn:
+    print("# P vs N (same boot, same memory-backed COW): IOPS ratio P/N, median")
+    for row, eng, jobs, drv in sorted(set(pn)):
+        p_, n_ = runs.get((row + "/P", eng, jobs, drv)), runs.get((row + "/N", eng, jobs, drv))
+        if p_ and n_:
+            print(f"{row:<15}{eng:<7}{jobs:>4} {drv:<3} {med([x[1] for x in p_]) / med([x[1] for x in n_]):.2f}")

@@ -19,8 +19,11 @@ nb() { # name size_mb [memory_backed]: a null_blk, by default without memory
 	echo 1 >"$d/power"; echo /dev/$1
 }
 SIZE_MB=$((PERJOB_MB * SMP + 16))
-# A persistent store reads back its metadata: its COW needs memory backing.
+# A persistent store reads back its metadata: its COW needs memory backing
+# (then N runs on a memory-backed COW too, so that P and N compare).
+# STORE may list several stores ("N P"): rows are then named row/STORE.
 ORIG=$(nb bo $SIZE_MB); COW=$(nb bc $((SIZE_MB * 2)) $([ "$STORE" = N ] && echo 0 || echo 1))
+STORES=$STORE
 SECT=$(blockdev --getsz $ORIG)
 
 fiorun() { # dev rw engine jobs -> "iops p50 p99" (µs)
@@ -43,7 +46,7 @@ fiorun() { # dev rw engine jobs -> "iops p50 p99" (µs)
 result() { echo "RESULT $*"; }
 mkorigin() { echo "0 $SECT snapshot-origin $ORIG" | dmsetup create bo; }
 mksnap() {
-	dd if=/dev/zero of=$COW bs=4k count=1 oflag=direct 2>/dev/null
+	dd if=/dev/zero of=$COW bs=64k count=1 oflag=direct 2>/dev/null
 	dmsetup suspend bo
 	echo "0 $SECT snapshot $ORIG $COW $STORE $CHUNK" | dmsetup create bs
 	dmsetup resume bo
@@ -84,21 +87,24 @@ while [ $r -lt $ROUNDS ]; do
 			j=$((j * 2)); [ $j -gt $SMP ] && [ $((j / 2)) -lt $SMP ] && j=$SMP
 		done
 	done
+	for STORE in $STORES; do
+	sfx=""; [ "$STORES" != "$STORE" ] && sfx=/$STORE
 	for drv in $order; do
 		if [ $drv = c ]; then load_c; else unload_drivers; insmod $KO_PERF; fi
 		for eng in psync libaio; do
 			j=1; while [ $j -le $SMP ]; do
 				mkorigin; mksnap
-				result $r $drv origin-cow $eng $j $(fiorun /dev/mapper/bo randwrite $eng $j)
-				result $r $drv origin-rewrite $eng $j $(fiorun /dev/mapper/bo randwrite $eng $j)
+				result $r $drv origin-cow$sfx $eng $j $(fiorun /dev/mapper/bo randwrite $eng $j)
+				result $r $drv origin-rewrite$sfx $eng $j $(fiorun /dev/mapper/bo randwrite $eng $j)
 				rmall; mkorigin; mksnap
-				result $r $drv snap-write $eng $j $(fiorun /dev/mapper/bs randwrite $eng $j)
+				result $r $drv snap-write$sfx $eng $j $(fiorun /dev/mapper/bs randwrite $eng $j)
 				rmall; mkorigin; mksnap
-				result $r $drv snap-read $eng $j $(fiorun /dev/mapper/bs randread $eng $j)
+				result $r $drv snap-read$sfx $eng $j $(fiorun /dev/mapper/bs randread $eng $j)
 				rmall
 				j=$((j * 2)); [ $j -gt $SMP ] && [ $((j / 2)) -lt $SMP ] && j=$SMP
 			done
 		done
+	done
 	done
 done
 unload_drivers
