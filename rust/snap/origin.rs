@@ -28,6 +28,16 @@ pub(crate) struct Origin {
     /// Writes are cut at multiples of the smallest snapshot chunk, so one
     /// write never spans two chunks of any snapshot; set at resume.
     split_boundary: AtomicU32,
+    _slot: OriginSlot,
+}
+
+/// The room this origin reserved in the registry, given back on drop.
+struct OriginSlot;
+
+impl Drop for OriginSlot {
+    fn drop(&mut self) {
+        Registry::get().release_dm_origin();
+    }
 }
 
 #[vtable]
@@ -42,10 +52,15 @@ impl TargetOps for Origin {
             .get_device(path)
             .map_err(|e| CtrError::new(c"Cannot get target device", e))?;
         setup.set_num_flush_bios(1);
+        Registry::get()
+            .reserve_dm_origin()
+            .map_err(|_| CtrError::new(c"Cannot allocate private origin structure", ENOMEM))?;
+        let reserved = OriginSlot;
         KBox::pin(
             Origin {
                 dev,
                 split_boundary: AtomicU32::new(NO_SPLIT),
+                _slot: reserved,
             },
             GFP_KERNEL,
         )

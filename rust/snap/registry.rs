@@ -47,6 +47,10 @@ struct DmOrigin {
 pub(crate) struct Origins {
     origins: KVec<OriginSnaps>,
     dm_origins: KVec<DmOrigin>,
+    /// Constructed origin targets: `dm_origins` keeps room for all of them,
+    /// so that resume, which may run under memory pressure with devices
+    /// suspended, never allocates.
+    origin_targets: usize,
 }
 
 // SAFETY: the pointers are to registered snapshots, used only under the
@@ -245,8 +249,26 @@ impl Registry {
         }
     }
 
+    /// Makes room for one more origin target's entry (origin `ctr`).
+    pub(crate) fn reserve_dm_origin(&self) -> Result {
+        let mut o = self.origins.write();
+        let want = o.origin_targets + 1;
+        let len = o.dm_origins.len();
+        if want > len {
+            o.dm_origins.reserve(want - len, GFP_KERNEL)?;
+        }
+        o.origin_targets = want;
+        Ok(())
+    }
+
+    /// An origin target is gone (origin `dtr`).
+    pub(crate) fn release_dm_origin(&self) {
+        let mut o = self.origins.write();
+        o.origin_targets = o.origin_targets.saturating_sub(1);
+    }
+
     /// Records a resumed origin target (`origin_resume`); returns the split
-    /// boundary for its writes.
+    /// boundary for its writes. Never allocates (see `reserve_dm_origin`).
     pub(crate) fn add_dm_origin(
         &self,
         bdev: *mut bindings::block_device,
@@ -259,7 +281,7 @@ impl Registry {
                     bdev: bdev as usize,
                     ti,
                 },
-                GFP_KERNEL,
+                GFP_NOWAIT,
             )?;
         }
         Ok(o.minimum_chunk_size(bdev))
