@@ -18,7 +18,7 @@ use crate::bindings as sys;
 use crate::dm::kcopyd::{CopyJob, FullBio, Kcopyd, Region};
 use crate::dm::mempool::Mempool;
 use crate::dm::{BioList, OwnedBio, TableDev, TargetRef};
-use crate::logic::chunk::{table_sizes, Chunk, ChunkGeometry};
+use crate::logic::chunk::{table_sizes, Chunk, ChunkGeometry, MAX_TABLE_BYTES};
 use crate::logic::exception_table::{Bucket, BucketLock, Exception, ExceptionTable};
 use crate::new_rwsem;
 use crate::sync::{BucketLocks, RwSem};
@@ -91,8 +91,6 @@ impl State {
 
 type Table = ExceptionTable<KVec<<BucketLocks as BucketLock>::Head>, BucketLocks>;
 
-/// Upstream's cap on the complete table: 2 MiB of bucket heads.
-const MAX_TABLE_BYTES: u64 = 2 << 20;
 /// Reads tracked per snapshot by hash slot; see [`Snap::track`].
 const TRACK_SLOTS: usize = 1024;
 /// Pending exceptions reserved in the mempool (upstream's `MIN_IOS`).

@@ -237,8 +237,11 @@ impl TargetOps for Snapshot {
         let pe = match r {
             Ok(Some(pe)) => pe,
             Ok(None) => {
-                // Copied while we allocated.
-                let cow_chunk = Snap::lookup_complete(&locks, chunk).unwrap_or(0);
+                // Copied while we allocated: `find_or_make_pending` saw the
+                // completed exception under these very locks.
+                let Some(cow_chunk) = Snap::lookup_complete(&locks, chunk) else {
+                    return bio.kill();
+                };
                 let sector = g.remap(bio.sector(), cow_chunk);
                 bio.set_dev(&s.cow);
                 bio.set_sector(sector);
