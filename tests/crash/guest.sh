@@ -39,7 +39,8 @@ cycle)
 		# The last acknowledged write of each position must be there.
 		# A write started but not acknowledged when QEMU was killed may or
 		# may not have landed: either content is right for its block.
-		awk '$1=="ACK"{last[$2" "$3]=$4} $1=="TRY"{try[$2" "$3]=$4}
+		# A TRY counts only if no ACK for that position followed it.
+		awk '{k=$2" "$3} $1=="ACK"{last[k]=$4; delete try[k]} $1=="TRY"{try[k]=$4}
 		     END {for (k in last) print k, last[k], (k in try) ? try[k] : last[k]}' "$ACKS" >/tmp/last
 		while read -r dev pos c alt; do
 			n=$((n + 1))
