@@ -1,6 +1,10 @@
 // SPDX-License-Identifier: GPL-2.0
 /* C helpers for dm_snap_rs: see helpers.h. */
 #include <linux/delay.h>
+#include <linux/moduleparam.h>
+#include <linux/percpu.h>
+#include <linux/sched/clock.h>
+#include <linux/sysfs.h>
 #include <linux/module.h>
 #include <linux/slab.h>
 #include "helpers.h"
@@ -49,10 +53,73 @@ unsigned int dmsr_bdev_logical_block_size(struct block_device *bdev)
 	return bdev_logical_block_size(bdev);
 }
 
+#ifdef CONFIG_LOCK_STAT
+/*
+ * Bit spinlocks have no lockdep map, so /proc/lock_stat cannot see the
+ * bucket locks. On a CONFIG_LOCK_STAT kernel (scripts/bench --lockstat)
+ * the module counts them itself: acquisitions, contended acquisitions (the
+ * bit was taken when we tried) and the time spent spinning for them, read
+ * from /sys/module/dm_snap_rs/parameters/bucket_lock_stats as
+ * "<acquisitions> <contentions> <wait-ns>"; writing anything resets them.
+ */
+struct dmsr_bl_stat {
+	unsigned long acquisitions, contentions;
+	u64 wait_ns;
+};
+static DEFINE_PER_CPU(struct dmsr_bl_stat, dmsr_bl_stats);
+
+void dmsr_hlist_bl_lock(struct hlist_bl_head *b)
+{
+	u64 t0;
+
+	/* Both take the bit with preemption disabled, as hlist_bl_lock. */
+	if (unlikely(!bit_spin_trylock(0, (unsigned long *)b))) {
+		t0 = local_clock();
+		hlist_bl_lock(b);
+		this_cpu_inc(dmsr_bl_stats.contentions);
+		this_cpu_add(dmsr_bl_stats.wait_ns, local_clock() - t0);
+	}
+	this_cpu_inc(dmsr_bl_stats.acquisitions);
+}
+
+static int dmsr_bl_stats_get(char *buf, const struct kernel_param *kp)
+{
+	unsigned long acq = 0, con = 0;
+	u64 wait = 0;
+	int cpu;
+
+	for_each_possible_cpu(cpu) {
+		struct dmsr_bl_stat *s = per_cpu_ptr(&dmsr_bl_stats, cpu);
+
+		acq += READ_ONCE(s->acquisitions);
+		con += READ_ONCE(s->contentions);
+		wait += READ_ONCE(s->wait_ns);
+	}
+	return sysfs_emit(buf, "%lu %lu %llu\n", acq, con, wait);
+}
+
+static int dmsr_bl_stats_set(const char *val, const struct kernel_param *kp)
+{
+	int cpu;
+
+	for_each_possible_cpu(cpu)
+		memset(per_cpu_ptr(&dmsr_bl_stats, cpu), 0, sizeof(struct dmsr_bl_stat));
+	return 0;
+}
+
+static const struct kernel_param_ops dmsr_bl_stats_ops = {
+	.get = dmsr_bl_stats_get,
+	.set = dmsr_bl_stats_set,
+};
+module_param_cb(bucket_lock_stats, &dmsr_bl_stats_ops, NULL, 0644);
+MODULE_PARM_DESC(bucket_lock_stats,
+		 "Bucket bit-lock acquisitions, contentions, wait ns (CONFIG_LOCK_STAT kernels)");
+#else
 void dmsr_hlist_bl_lock(struct hlist_bl_head *b)
 {
 	hlist_bl_lock(b);
 }
+#endif
 
 void dmsr_hlist_bl_unlock(struct hlist_bl_head *b)
 {

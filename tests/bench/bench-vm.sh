@@ -6,8 +6,11 @@
 # dm_snap_rs.ko, loaded in turn, rounds ordered A B B A): origin writes that
 # trigger copy-on-write, origin re-writes of copied chunks, snapshot writes,
 # snapshot reads. Prints one "RESULT round driver row engine jobs iops p50 p99" line per run.
+# Origin COW and snapshot writes are first-touch runs over REGION_MB per job;
+# the others repeat over PERJOB_MB per job (see fiorun.sh).
 . /payload/tests/vm/lib.sh
-ROUNDS=${ROUNDS:-2} SMP=${SMP:-$(nproc)} PERJOB_MB=${PERJOB_MB:-16} STORE=${STORE:-N} CHUNK=${CHUNK:-8}
+ROUNDS=${ROUNDS:-2} SMP=${SMP:-$(nproc)} STORE=${STORE:-N} CHUNK=${CHUNK:-8}
+. /payload/tests/bench/fiorun.sh
 KO_PERF=/payload/files/dm_snap_rs.ko
 
 nb() { # name size_mb [memory_backed]: a null_blk, by default without memory
@@ -18,7 +21,7 @@ nb() { # name size_mb [memory_backed]: a null_blk, by default without memory
 	echo "$SMP" >"$d/submit_queues"; echo 1024 >"$d/hw_queue_depth"; echo 1 >"$d/irqmode"
 	echo 1 >"$d/power"; echo /dev/$1
 }
-SIZE_MB=$((PERJOB_MB * SMP + 16))
+SIZE_MB=$((REGION_MB * SMP + 16))
 # A persistent store reads back its metadata: its COW needs memory backing
 # (then N runs on a memory-backed COW too, so that P and N compare).
 # STORE may list several stores ("N P"): rows are then named row/STORE.
@@ -26,23 +29,6 @@ ORIG=$(nb bo $SIZE_MB); COW=$(nb bc $((SIZE_MB * 2)) $([ "$STORE" = N ] && echo 
 STORES=$STORE
 SECT=$(blockdev --getsz $ORIG)
 
-fiorun() { # dev rw engine jobs -> "iops p50 p99" (µs)
-	dev=$1 rw=$2 eng=$3 jobs=$4
-	qd=1; [ $eng = libaio ] && qd=32
-	fio --name=b --filename=$dev --rw=$rw --bs=4k --direct=1 --ioengine=$eng --iodepth=$qd \
-		--numjobs=$jobs --size=${PERJOB_MB}M --offset_increment=${PERJOB_MB}M --randrepeat=1 \
-		--group_reporting --runtime=20 --output-format=terse --terse-version=3 2>/dev/null |
-	awk -F';' -v rw=$rw '{
-		if (rw ~ /read/) { iops=$8; s=18 } else { iops=$49; s=59 }
-		p50=0; p99=0
-		for (i = s; i < s + 20; i++) {
-			split($i, a, "=")
-			if (a[1] == "50.000000%") p50 = a[2]
-			if (a[1] == "99.000000%") p99 = a[2]
-		}
-		print iops, p50, p99
-	}'
-}
 result() { echo "RESULT $*"; }
 mkorigin() { echo "0 $SECT snapshot-origin $ORIG" | dmsetup create bo; }
 mksnap() {
@@ -53,22 +39,53 @@ mksnap() {
 }
 rmall() { dmsetup remove bs 2>/dev/null; dmsetup remove bo 2>/dev/null; }
 
+# Lock statistics (lockstat flavour): origin COW writes at $SMP jobs per
+# driver, the most contended lock classes.
+if [ -w /proc/lock_stat ] && [ "${LOCKSTAT:-0}" = 1 ]; then
+	for drv in ${LOCKSTAT_DRIVERS:-c rs}; do
+		if [ $drv = c ]; then load_c; else unload_drivers; insmod $KO_PERF; fi
+		mkorigin; mksnap
+		BLS=/sys/module/dm_snap_rs/parameters/bucket_lock_stats
+		echo 0 >/proc/lock_stat
+		[ $drv = rs ] && echo 0 >$BLS
+		fiorun /dev/mapper/bo randwrite libaio $SMP first >/dev/null
+		# Classes with any contention, most contended first (lock_stat's
+		# columns: class: con-bounces contentions waittime-min max total avg
+		# acq-bounces acquisitions holdtime-min max total avg).
+		awk -v d=$drv '/^ *[^ ].*:/ && $0 !~ /^ *[-.]/ {n=split($0, f, ":"); split(f[n], v, " ");
+			if (v[2] + 0 > 0 && $0 !~ /\[</) print v[2] "\tLOCKSTAT " d " " $0}' /proc/lock_stat | sort -n -r | head -15 | cut -f2-
+		# The bucket bit locks, counted by the module itself.
+		[ $drv = rs ] && echo "BUCKETSTAT rs $(cat $BLS)"
+		rmall
+	done
+	unload_drivers
+	exit 0
+fi
+
 # Memory per exception and per bucket head, as the kernel reports it.
 load_c; echo "SLAB C dm_exception object_size $(cat /sys/kernel/slab/dm_exception/object_size 2>/dev/null)"
 unload_drivers; insmod $KO_PERF
 echo "SLAB rs dm_snap_rs_exception object_size $(cat /sys/kernel/slab/dm_snap_rs_exception/object_size 2>/dev/null)"
 unload_drivers
 
-# Lock statistics (lockstat flavour): origin COW writes at $SMP jobs per
-# driver, the most contended lock classes.
-if [ -w /proc/lock_stat ] && [ "${LOCKSTAT:-0}" = 1 ]; then
-	for drv in c rs; do
-		if [ $drv = c ]; then load_c; else unload_drivers; insmod $KO_PERF; fi
-		mkorigin; mksnap
-		echo 0 >/proc/lock_stat
-		fiorun /dev/mapper/bo randwrite libaio $SMP >/dev/null
-		awk -v d=$drv 'NR > 4 && $0 ~ /:/ && $2+0 > 0 {print "LOCKSTAT", d, $0}' /proc/lock_stat | sort -k5 -nr | head -15
-		rmall
+# Profile (scripts/bench --profile): where the CPU goes during one row per
+# driver, sampled by perf (cpu-clock, all CPUs), top symbols.
+if [ "${PROFILE:-0}" = 1 ]; then
+	P=/payload/files/perf
+	echo 0 >/proc/sys/kernel/kptr_restrict; echo -1 >/proc/sys/kernel/perf_event_paranoid
+	for row in "origin-cow psync 1" "snap-write psync 1" "origin-cow libaio $SMP"; do
+		set -- $row
+		for drv in c rs; do
+			if [ $drv = c ]; then load_c; else unload_drivers; insmod $KO_PERF; fi
+			mkorigin; mksnap
+			dev=/dev/mapper/bo; [ $1 = snap-write ] && dev=/dev/mapper/bs
+			LD_LIBRARY_PATH=/payload/files $P record -q -e cpu-clock -F 999 -a -o /tmp/perf.data -- \
+				sh -c ". /payload/tests/bench/fiorun.sh; fiorun $dev randwrite $2 $3 first" >/tmp/fio.out 2>/dev/null
+			echo "PROFILE $drv $row: fio iops p50 p99 = $(cat /tmp/fio.out)"
+			LD_LIBRARY_PATH=/payload/files $P report -i /tmp/perf.data --no-children --sort dso,sym --stdio 2>/dev/null |
+				grep '%' | grep -v -e '^#' -e safe_halt | head -40 | sed "s/^/PROFILE $drv $1 $2 $3 /"
+			rmall
+		done
 	done
 	unload_drivers
 	exit 0
@@ -94,10 +111,13 @@ while [ $r -lt $ROUNDS ]; do
 		for eng in psync libaio; do
 			j=1; while [ $j -le $SMP ]; do
 				mkorigin; mksnap
-				result $r $drv origin-cow$sfx $eng $j $(fiorun /dev/mapper/bo randwrite $eng $j)
+				result $r $drv origin-cow$sfx $eng $j $(fiorun /dev/mapper/bo randwrite $eng $j first)
+				rmall; mkorigin; mksnap
+				# Copy every chunk of the rewrite region first (untimed).
+				dd if=/dev/zero of=/dev/mapper/bo bs=64k count=$((PERJOB_MB * j * 16)) oflag=direct 2>/dev/null
 				result $r $drv origin-rewrite$sfx $eng $j $(fiorun /dev/mapper/bo randwrite $eng $j)
 				rmall; mkorigin; mksnap
-				result $r $drv snap-write$sfx $eng $j $(fiorun /dev/mapper/bs randwrite $eng $j)
+				result $r $drv snap-write$sfx $eng $j $(fiorun /dev/mapper/bs randwrite $eng $j first)
 				rmall; mkorigin; mksnap
 				result $r $drv snap-read$sfx $eng $j $(fiorun /dev/mapper/bs randread $eng $j)
 				rmall
