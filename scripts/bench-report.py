@@ -45,7 +45,10 @@ keys = sorted({(k[1], k[2]) for k in runs})
 out = []
 print(f"# dm_snap_rs vs C dm-snapshot.ko, 4 KiB random I/O ({machine})")
 print("# IOPS: median [min-max] over all runs; ratio rs/C: median of per-round ratios [min-max]")
-hdr = f"{'row':<15}{'engine':<7}{'jobs':>4} {'C IOPS':>22} {'rs IOPS':>22} {'rs/C':>17} {'p99 C us':>9} {'p99 rs':>8} {'p99 rs/C':>8}"
+def spread(v):
+    return f"{med(v):.0f} [{min(v):.0f}-{max(v):.0f}]"
+
+hdr = f"{'row':<17}{'engine':<7}{'jobs':>4} {'C IOPS':>22} {'rs IOPS':>22} {'rs/C':>17} {'p99 C us':>9} {'p99 rs':>8} {'p99 rs/C':>8}"
 print(hdr)
 for eng, jobs in keys:
     base = runs.get(("raw", eng, jobs, "-"), [])
@@ -54,7 +57,7 @@ for eng, jobs in keys:
         if v:
             iops = [x[1] for x in v]
             p99 = [x[3] for x in v]
-            print(f"{name:<15}{eng:<7}{jobs:>4} {med(iops):>10.0f} [{min(iops):.0f}-{max(iops):.0f}]{'':>24}{'':>17} {med(p99):>9.0f}")
+            print(f"{name:<17}{eng:<7}{jobs:>4} {spread(iops):>22} {'':>22} {'':>17} {med(p99):>9.0f}")
             out.append([name, eng, jobs, "-", len(v), med(iops), min(iops), max(iops), med([x[2] for x in v]), med(p99), "", "", ""])
     for row in rows:
         c, r = runs.get((row, eng, jobs, "c"), []), runs.get((row, eng, jobs, "rs"), [])
@@ -67,7 +70,7 @@ for eng, jobs in keys:
         pr = [rp[k] / cp[k] for k in cp if k in rp and cp[k] > 0]
         c99, r99 = med([x[3] for x in c]), med([x[3] for x in r])
         rat = f"{med(ratios):.2f} [{min(ratios):.2f}-{max(ratios):.2f}]" if ratios else "n/a"
-        print(f"{row:<15}{eng:<7}{jobs:>4} {med(ci):>10.0f} [{min(ci):.0f}-{max(ci):.0f}] {med(ri):>10.0f} [{min(ri):.0f}-{max(ri):.0f}] {rat:>17} {c99:>9.0f} {r99:>8.0f} {med(pr) if pr else float('nan'):>8.2f}")
+        print(f"{row:<17}{eng:<7}{jobs:>4} {spread(ci):>22} {spread(ri):>22} {rat:>17} {c99:>9.0f} {r99:>8.0f} {med(pr) if pr else float('nan'):>8.2f}")
         for drv, v in (("c", c), ("rs", r)):
             iops = [x[1] for x in v]
             out.append([row, eng, jobs, drv, len(v), med(iops), min(iops), max(iops), med([x[2] for x in v]), med([x[3] for x in v]),
@@ -94,9 +97,16 @@ except ImportError:
     sys.exit(0)
 engines = sorted({k[0] for k in keys})
 fig, axes = plt.subplots(2, len(engines), figsize=(6 * len(engines), 8), squeeze=False)
-series = [("raw", "-", "raw null_blk", "k--"), ("linear", "-", "dm-linear", "k:"),
-          ("origin-cow", "c", "origin COW, C", "C0o--"), ("origin-cow", "rs", "origin COW, dm_snap_rs", "C0o-"),
-          ("snap-write", "c", "snapshot write, C", "C1s--"), ("snap-write", "rs", "snapshot write, dm_snap_rs", "C1s-")]
+series = [("raw", "-", "raw null_blk", "k--"), ("linear", "-", "dm-linear", "k:")]
+# Every store's COW rows (origin-cow, origin-cow/N, origin-cow/P...): a
+# colour per row, C dashed with hollow markers, dm_snap_rs solid.
+colour = 0
+for base, what in (("origin-cow", "origin COW"), ("snap-write", "snapshot write")):
+    for row in [r for r in rows if r == base or r.startswith(base + "/")]:
+        tag = what + (" " + row.split("/", 1)[1] if "/" in row else "")
+        series.append((row, "c", f"{tag}, C", f"C{colour}o--"))
+        series.append((row, "rs", f"{tag}, dm_snap_rs", f"C{colour}s-"))
+        colour += 1
 for ci, eng in enumerate(engines):
     for ri, (idx, label) in enumerate(((1, "IOPS"), (3, "p99 latency (us)"))):
         ax = axes[ri][ci]
@@ -106,6 +116,7 @@ for ci, eng in enumerate(engines):
                 ax.plot(js, [med([x[idx] for x in runs[(row, eng, j, drv)]]) for j in js], style, label=name)
         ax.set_title(f"{eng}: {label}")
         ax.set_xlabel("numjobs")
+        ax.set_xticks(sorted({k[1] for k in keys if k[0] == eng}))
         ax.grid(alpha=0.3)
         if ri == 0 and ci == 0:
             ax.legend(fontsize=8)
@@ -121,4 +132,4 @@ if pn:
     for row, eng, jobs, drv in sorted(set(pn)):
         p_, n_ = runs.get((row + "/P", eng, jobs, drv)), runs.get((row + "/N", eng, jobs, drv))
         if p_ and n_:
-            print(f"{row:<15}{eng:<7}{jobs:>4} {drv:<3} {med([x[1] for x in p_]) / med([x[1] for x in n_]):.2f}")
+            print(f"{row:<17}{eng:<7}{jobs:>4} {drv:<3} {med([x[1] for x in p_]) / med([x[1] for x in n_]):.2f}")

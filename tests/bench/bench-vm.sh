@@ -30,6 +30,10 @@ STORES=$STORE
 SECT=$(blockdev --getsz $ORIG)
 
 result() { echo "RESULT $*"; }
+CS=/sys/devices/system/clocksource/clocksource0/current_clocksource
+echo "CLOCKSOURCE start $(cat $CS)"
+# ROWS (scripts/bench --rows) limits the snapshot rows run; all by default.
+want() { [ -z "${ROWS:-}" ] || case " $ROWS " in *" $1 "*) true ;; *) false ;; esac; }
 mkorigin() { echo "0 $SECT snapshot-origin $ORIG" | dmsetup create bo; }
 mksnap() {
 	dd if=/dev/zero of=$COW bs=64k count=1 oflag=direct 2>/dev/null
@@ -73,20 +77,26 @@ unload_drivers
 if [ "${PROFILE:-0}" = 1 ]; then
 	P=/payload/files/perf
 	echo 0 >/proc/sys/kernel/kptr_restrict; echo -1 >/proc/sys/kernel/perf_event_paranoid
-	for row in "origin-cow psync 1" "snap-write psync 1" "origin-cow libaio $SMP"; do
+	echo "${PROFILE_ROWS:-origin-cow psync 1,snap-write psync 1,origin-cow libaio $SMP}" | tr , '\n' >/tmp/rows
+	while read -r row; do
 		set -- $row
 		for drv in c rs; do
 			if [ $drv = c ]; then load_c; else unload_drivers; insmod $KO_PERF; fi
 			mkorigin; mksnap
 			dev=/dev/mapper/bo; [ $1 = snap-write ] && dev=/dev/mapper/bs
+			how=first
+			if [ $1 = origin-rewrite ]; then
+				how=""
+				dd if=/dev/zero of=$dev bs=64k count=$((PERJOB_MB * $3 * 16)) oflag=direct 2>/dev/null
+			fi
 			LD_LIBRARY_PATH=/payload/files $P record -q -e cpu-clock -F 999 -a -o /tmp/perf.data -- \
-				sh -c ". /payload/tests/bench/fiorun.sh; fiorun $dev randwrite $2 $3 first" >/tmp/fio.out 2>/dev/null
+				sh -c ". /payload/tests/bench/fiorun.sh; fiorun $dev randwrite $2 $3 $how" >/tmp/fio.out 2>/dev/null
 			echo "PROFILE $drv $row: fio iops p50 p99 = $(cat /tmp/fio.out)"
 			LD_LIBRARY_PATH=/payload/files $P report -i /tmp/perf.data --no-children --sort dso,sym --stdio 2>/dev/null |
 				grep '%' | grep -v -e '^#' -e safe_halt | head -40 | sed "s/^/PROFILE $drv $1 $2 $3 /"
 			rmall
 		done
-	done
+	done </tmp/rows
 	unload_drivers
 	exit 0
 fi
@@ -110,17 +120,28 @@ while [ $r -lt $ROUNDS ]; do
 		if [ $drv = c ]; then load_c; else unload_drivers; insmod $KO_PERF; fi
 		for eng in psync libaio; do
 			j=1; while [ $j -le $SMP ]; do
-				mkorigin; mksnap
-				result $r $drv origin-cow$sfx $eng $j $(fiorun /dev/mapper/bo randwrite $eng $j first)
-				rmall; mkorigin; mksnap
-				# Copy every chunk of the rewrite region first (untimed).
-				dd if=/dev/zero of=/dev/mapper/bo bs=64k count=$((PERJOB_MB * j * 16)) oflag=direct 2>/dev/null
-				result $r $drv origin-rewrite$sfx $eng $j $(fiorun /dev/mapper/bo randwrite $eng $j)
-				rmall; mkorigin; mksnap
-				result $r $drv snap-write$sfx $eng $j $(fiorun /dev/mapper/bs randwrite $eng $j first)
-				rmall; mkorigin; mksnap
-				result $r $drv snap-read$sfx $eng $j $(fiorun /dev/mapper/bs randread $eng $j)
-				rmall
+				if want origin-cow; then
+					mkorigin; mksnap
+					result $r $drv origin-cow$sfx $eng $j $(fiorun /dev/mapper/bo randwrite $eng $j first)
+					rmall
+				fi
+				if want origin-rewrite; then
+					mkorigin; mksnap
+					# Copy every chunk of the rewrite region first (untimed).
+					dd if=/dev/zero of=/dev/mapper/bo bs=64k count=$((PERJOB_MB * j * 16)) oflag=direct 2>/dev/null
+					result $r $drv origin-rewrite$sfx $eng $j $(fiorun /dev/mapper/bo randwrite $eng $j)
+					rmall
+				fi
+				if want snap-write; then
+					mkorigin; mksnap
+					result $r $drv snap-write$sfx $eng $j $(fiorun /dev/mapper/bs randwrite $eng $j first)
+					rmall
+				fi
+				if want snap-read; then
+					mkorigin; mksnap
+					result $r $drv snap-read$sfx $eng $j $(fiorun /dev/mapper/bs randread $eng $j)
+					rmall
+				fi
 				j=$((j * 2)); [ $j -gt $SMP ] && [ $((j / 2)) -lt $SMP ] && j=$SMP
 			done
 		done
@@ -128,3 +149,4 @@ while [ $r -lt $ROUNDS ]; do
 	done
 done
 unload_drivers
+echo "CLOCKSOURCE end $(cat $CS)"
