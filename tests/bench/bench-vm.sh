@@ -30,6 +30,18 @@ STORES=$STORE
 SECT=$(blockdev --getsz $ORIG)
 
 result() { echo "RESULT $*"; }
+# Copies every chunk of the rewrite region of $1 jobs through the origin
+# (untimed), so that the origin-rewrite row only rewrites copied chunks.
+precopy() { dd if=/dev/zero of=/dev/mapper/bo bs=64k count=$((PERJOB_MB * $1 * 16)) oflag=direct 2>/dev/null; }
+# One snapshot row on a fresh origin and snapshot: run ROW DEV RW [first]
+# (round r, driver drv, engine eng, jobs j and suffix sfx from the loop).
+run() {
+	want $1 || return 0
+	mkorigin; mksnap
+	[ $1 = origin-rewrite ] && precopy $j
+	result $r $drv $1$sfx $eng $j $(fiorun /dev/mapper/$2 $3 $eng $j ${4:-})
+	rmall
+}
 CS=/sys/devices/system/clocksource/clocksource0/current_clocksource
 echo "CLOCKSOURCE start $(cat $CS)"
 # ROWS (scripts/bench --rows) limits the snapshot rows run; all by default.
@@ -87,7 +99,7 @@ if [ "${PROFILE:-0}" = 1 ]; then
 			how=first
 			if [ $1 = origin-rewrite ]; then
 				how=""
-				dd if=/dev/zero of=$dev bs=64k count=$((PERJOB_MB * $3 * 16)) oflag=direct 2>/dev/null
+				precopy $3
 			fi
 			LD_LIBRARY_PATH=/payload/files $P record -q -e cpu-clock -F 999 -a -o /tmp/perf.data -- \
 				sh -c ". /payload/tests/bench/fiorun.sh; fiorun $dev randwrite $2 $3 $how" >/tmp/fio.out 2>/dev/null
@@ -120,28 +132,10 @@ while [ $r -lt $ROUNDS ]; do
 		if [ $drv = c ]; then load_c; else unload_drivers; insmod $KO_PERF; fi
 		for eng in psync libaio; do
 			j=1; while [ $j -le $SMP ]; do
-				if want origin-cow; then
-					mkorigin; mksnap
-					result $r $drv origin-cow$sfx $eng $j $(fiorun /dev/mapper/bo randwrite $eng $j first)
-					rmall
-				fi
-				if want origin-rewrite; then
-					mkorigin; mksnap
-					# Copy every chunk of the rewrite region first (untimed).
-					dd if=/dev/zero of=/dev/mapper/bo bs=64k count=$((PERJOB_MB * j * 16)) oflag=direct 2>/dev/null
-					result $r $drv origin-rewrite$sfx $eng $j $(fiorun /dev/mapper/bo randwrite $eng $j)
-					rmall
-				fi
-				if want snap-write; then
-					mkorigin; mksnap
-					result $r $drv snap-write$sfx $eng $j $(fiorun /dev/mapper/bs randwrite $eng $j first)
-					rmall
-				fi
-				if want snap-read; then
-					mkorigin; mksnap
-					result $r $drv snap-read$sfx $eng $j $(fiorun /dev/mapper/bs randread $eng $j)
-					rmall
-				fi
+				run origin-cow bo randwrite first
+				run origin-rewrite bo randwrite
+				run snap-write bs randwrite first
+				run snap-read bs randread
 				j=$((j * 2)); [ $j -gt $SMP ] && [ $((j / 2)) -lt $SMP ] && j=$SMP
 			done
 		done
