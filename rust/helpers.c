@@ -10,17 +10,12 @@
 #include "helpers.h"
 
 /* Module parameters, with upstream's names, defaults and descriptions. */
-static unsigned int cow_threshold = 2048;
-module_param_named(snapshot_cow_threshold, cow_threshold, uint, 0644);
+unsigned int dmsr_cow_threshold = 2048;
+module_param_named(snapshot_cow_threshold, dmsr_cow_threshold, uint, 0644);
 MODULE_PARM_DESC(snapshot_cow_threshold, "Maximum number of chunks being copied on write");
 
 DECLARE_DM_KCOPYD_THROTTLE_WITH_MODULE_PARM(snapshot_copy_throttle,
 		"A percentage of time allocated for copy on write");
-
-unsigned int dmsr_cow_threshold(void)
-{
-	return READ_ONCE(cow_threshold);
-}
 
 struct dm_kcopyd_client *dmsr_kcopyd_client_create(void)
 {
@@ -124,6 +119,18 @@ void dmsr_hlist_bl_lock(struct hlist_bl_head *b)
 void dmsr_hlist_bl_unlock(struct hlist_bl_head *b)
 {
 	hlist_bl_unlock(b);
+}
+
+void dmsr_hlist_bl_lock2(struct hlist_bl_head *a, struct hlist_bl_head *b)
+{
+	dmsr_hlist_bl_lock(a);
+	dmsr_hlist_bl_lock(b);
+}
+
+void dmsr_hlist_bl_unlock2(struct hlist_bl_head *a, struct hlist_bl_head *b)
+{
+	hlist_bl_unlock(b);
+	hlist_bl_unlock(a);
 }
 
 mempool_t *dmsr_mempool_create(int min_nr, size_t size)

@@ -30,6 +30,9 @@ unsigned int dmsr_bdev_logical_block_size(struct block_device *bdev);
 /* hlist_bl bucket locks: bit 0 of the head, preemption off while held. */
 void dmsr_hlist_bl_lock(struct hlist_bl_head *b);
 void dmsr_hlist_bl_unlock(struct hlist_bl_head *b);
+/* A chunk's two buckets (complete, pending) in one call: a, then b. */
+void dmsr_hlist_bl_lock2(struct hlist_bl_head *a, struct hlist_bl_head *b);
+void dmsr_hlist_bl_unlock2(struct hlist_bl_head *a, struct hlist_bl_head *b);
 
 /* A kmalloc-backed mempool: allocations wait instead of failing. */
 mempool_t *dmsr_mempool_create(int min_nr, size_t size);
@@ -44,8 +47,11 @@ void *dmsr_kmem_cache_alloc_noio(struct kmem_cache *cache);
 
 /* kcopyd client using the module's snapshot_copy_throttle parameter. */
 struct dm_kcopyd_client *dmsr_kcopyd_client_create(void);
-/* The snapshot_cow_threshold module parameter. */
-unsigned int dmsr_cow_threshold(void);
+/*
+ * The snapshot_cow_threshold module parameter, read with READ_ONCE
+ * semantics on every origin write (a variable, not a call).
+ */
+extern unsigned int dmsr_cow_threshold;
 
 void dmsr_fsleep(unsigned long usecs);
 

@@ -13,7 +13,7 @@
 
 use super::chunk::Chunk;
 use core::marker::PhantomData;
-use core::ops::Deref;
+use core::ops::{Deref, DerefMut};
 use core::ptr::{self, NonNull};
 use core::sync::atomic::{AtomicUsize, Ordering};
 
@@ -89,6 +89,18 @@ pub trait BucketLock {
     fn lock(head: &Self::Head);
     /// Releases the bucket.
     fn unlock(head: &Self::Head);
+    /// Locks `a`, then `b` (a chunk's buckets in two tables). One call
+    /// where the kernel's lock is behind a C helper: the origin-write path
+    /// takes a pair per snapshot and write.
+    fn lock_pair(a: &Self::Head, b: &Self::Head) {
+        Self::lock(a);
+        Self::lock(b);
+    }
+    /// Releases `b`, then `a`.
+    fn unlock_pair(a: &Self::Head, b: &Self::Head) {
+        Self::unlock(b);
+        Self::unlock(a);
+    }
 }
 
 /// A plain spinning bit lock on bit 0 of the word, for userspace.
@@ -146,16 +158,32 @@ impl<H: Deref<Target = [L::Head]>, L: BucketLock> ExceptionTable<H, L> {
         &self.heads[((chunk >> self.hash_shift) & self.mask) as usize]
     }
 
-    /// Locks the bucket of `chunk`. Keep the guard short: it spins other
-    /// CPUs, with preemption off in the kernel.
-    pub fn lock(&self, chunk: Chunk) -> Bucket<'_, L> {
-        let head = self.head(chunk);
-        L::lock(head);
-        Bucket {
-            head,
+    fn locked(&self, chunk: Chunk) -> Locked<'_, L> {
+        Locked {
+            head: self.head(chunk),
             merge: self.hash_shift != 0,
             _lock: PhantomData,
         }
+    }
+
+    /// Locks the bucket of `chunk`. Keep the guard short: it spins other
+    /// CPUs, with preemption off in the kernel.
+    pub fn lock(&self, chunk: Chunk) -> Bucket<'_, L> {
+        let b = self.locked(chunk);
+        L::lock(b.head);
+        Bucket(b)
+    }
+
+    /// Locks the bucket of `chunk` here, then in `other` (upstream's
+    /// `dm_exception_table_lock`: complete, then pending).
+    pub fn lock_pair<'a, H2: Deref<Target = [L::Head]>>(
+        &'a self,
+        other: &'a ExceptionTable<H2, L>,
+        chunk: Chunk,
+    ) -> BucketPair<'a, L> {
+        let (first, second) = (self.locked(chunk), other.locked(chunk));
+        L::lock_pair(first.head, second.head);
+        BucketPair { first, second }
     }
 
     /// Unlinks every entry and passes it to `free`; needs no lock, since
@@ -173,14 +201,53 @@ impl<H: Deref<Target = [L::Head]>, L: BucketLock> ExceptionTable<H, L> {
     }
 }
 
-/// A locked bucket; unlocked on drop.
-pub struct Bucket<'a, L: BucketLock> {
+/// A bucket whose lock the holder of this value owns: what may be done in
+/// a locked bucket. Only [`Bucket`] and [`BucketPair`] make one, and they
+/// unlock it when dropped.
+pub struct Locked<'a, L: BucketLock> {
     head: &'a L::Head,
     merge: bool,
     _lock: PhantomData<L>,
 }
 
-impl<L: BucketLock> Bucket<'_, L> {
+/// A locked bucket; unlocked on drop.
+pub struct Bucket<'a, L: BucketLock>(Locked<'a, L>);
+
+impl<'a, L: BucketLock> Deref for Bucket<'a, L> {
+    type Target = Locked<'a, L>;
+    fn deref(&self) -> &Locked<'a, L> {
+        &self.0
+    }
+}
+
+impl<'a, L: BucketLock> DerefMut for Bucket<'a, L> {
+    fn deref_mut(&mut self) -> &mut Locked<'a, L> {
+        &mut self.0
+    }
+}
+
+impl<L: BucketLock> Drop for Bucket<'_, L> {
+    fn drop(&mut self) {
+        L::unlock(self.0.head);
+    }
+}
+
+/// The buckets of one chunk in two tables, locked together by
+/// [`ExceptionTable::lock_pair`]; unlocked together on drop.
+pub struct BucketPair<'a, L: BucketLock> {
+    /// The bucket of the table `lock_pair` was called on (locked first).
+    pub first: Locked<'a, L>,
+    /// The bucket of the other table.
+    pub second: Locked<'a, L>,
+}
+
+impl<L: BucketLock> Drop for BucketPair<'_, L> {
+    fn drop(&mut self) {
+        L::unlock_pair(self.first.head, self.second.head);
+    }
+}
+
+impl<L: BucketLock> Locked<'_, L> {
     fn first(&self) -> *mut Exception {
         (L::word(self.head).load(Ordering::Relaxed) & !1) as *mut Exception
     }
@@ -280,11 +347,5 @@ impl<L: BucketLock> Bucket<'_, L> {
             p = next;
         }
         false
-    }
-}
-
-impl<L: BucketLock> Drop for Bucket<'_, L> {
-    fn drop(&mut self) {
-        L::unlock(self.head);
     }
 }

@@ -19,7 +19,7 @@ use crate::dm::kcopyd::{CopyJob, FullBio, Kcopyd, Region};
 use crate::dm::mempool::Mempool;
 use crate::dm::{BioList, OwnedBio, TableDev, TargetRef};
 use crate::logic::chunk::{table_sizes, Chunk, ChunkGeometry, MAX_TABLE_BYTES};
-use crate::logic::exception_table::{Bucket, BucketLock, Exception, ExceptionTable};
+use crate::logic::exception_table::{BucketLock, BucketPair, Exception, ExceptionTable, Locked};
 use crate::new_rwsem;
 use crate::sync::{BucketLocks, RwSem};
 use core::ptr::NonNull;
@@ -100,11 +100,26 @@ fn new_table(buckets: usize, hash_shift: u32, key: &'static LockClassKey) -> Res
     Table::new(BucketLocks::new_heads(buckets, key)?, hash_shift).ok_or(EINVAL)
 }
 
-/// A chunk's complete and pending buckets, locked in that order and
-/// unlocked in reverse (field order).
-pub(crate) struct ChunkLocks<'a> {
-    pending: Bucket<'a, BucketLocks>,
-    complete: Bucket<'a, BucketLocks>,
+/// A chunk's complete and pending buckets, locked in that order (one C
+/// call for both where the lock is `hlist_bl_lock`) and unlocked together.
+pub(crate) struct ChunkLocks<'a>(BucketPair<'a, BucketLocks>);
+
+impl<'a> ChunkLocks<'a> {
+    fn complete(&self) -> &Locked<'a, BucketLocks> {
+        &self.0.first
+    }
+
+    fn complete_mut(&mut self) -> &mut Locked<'a, BucketLocks> {
+        &mut self.0.first
+    }
+
+    fn pending(&self) -> &Locked<'a, BucketLocks> {
+        &self.0.second
+    }
+
+    fn pending_mut(&mut self) -> &mut Locked<'a, BucketLocks> {
+        &mut self.0.second
+    }
 }
 
 /// A copy of one chunk in flight; the table entry is its first field, so a
@@ -256,15 +271,16 @@ impl Snap {
 
     /// Locks the bucket pair of `chunk`; `st` is the state, locked.
     pub(crate) fn lock_chunk<'a>(&'a self, st: &'a State, chunk: Chunk) -> ChunkLocks<'a> {
-        let complete = st.exc.complete.lock(chunk);
-        let pending = self.pending.lock(chunk);
-        ChunkLocks { pending, complete }
+        ChunkLocks(st.exc.complete.lock_pair(&self.pending, chunk))
     }
 
     /// More copies in flight than `snapshot_cow_threshold`.
     pub(crate) fn over_cow_threshold(&self) -> bool {
-        // SAFETY: reads a module parameter.
-        self.in_progress.load(Ordering::Relaxed) > unsafe { sys::dmsr_cow_threshold() }
+        // SAFETY: the module parameter's variable lives as long as the
+        // module; sysfs may store to it at any time, so it is read once,
+        // volatile, as C's `READ_ONCE` (an aligned `u32`, never torn).
+        let limit = unsafe { core::ptr::read_volatile(&raw const sys::dmsr_cow_threshold) };
+        self.in_progress.load(Ordering::Relaxed) > limit
     }
 
     /// Throttles a snapshot write (`wait_for_in_progress(s, false)`).
@@ -435,14 +451,14 @@ impl Snap {
 
     /// The pending exception of `chunk`, if any (buckets locked).
     fn lookup_pending(locks: &ChunkLocks<'_>, chunk: Chunk) -> Option<NonNull<Pending>> {
-        locks.pending.lookup(chunk).map(|e| e.cast::<Pending>())
+        locks.pending().lookup(chunk).map(|e| e.cast::<Pending>())
     }
 
     /// The COW chunk of `chunk` if it is already copied (buckets locked).
     pub(crate) fn lookup_complete(locks: &ChunkLocks<'_>, chunk: Chunk) -> Option<Chunk> {
         // SAFETY: an entry found under its bucket lock is valid.
         locks
-            .complete
+            .complete()
             .lookup(chunk)
             .map(|e| unsafe { e.as_ref() }.remap(chunk))
     }
@@ -466,7 +482,7 @@ impl Snap {
                 // `pending_complete` removes and frees it.
                 unsafe {
                     (*pe.as_ptr()).e.new_chunk = c;
-                    let _ = locks.pending.insert(pe.cast::<Exception>());
+                    let _ = locks.pending_mut().insert(pe.cast::<Exception>());
                 }
                 Some(pe)
             }
@@ -500,7 +516,7 @@ impl Snap {
             unsafe { self.free_pending(pe) };
             return (locks, Ok(Some(raced)));
         }
-        if locks.complete.lookup(chunk).is_some() {
+        if locks.complete().lookup(chunk).is_some() {
             // SAFETY: never inserted.
             unsafe { self.free_pending(pe) };
             return (locks, Ok(None));
@@ -556,7 +572,8 @@ impl Snap {
         if !state.valid || !state.active {
             return;
         }
-        if Self::lookup_pending(&locks, chunk).is_none() && locks.complete.lookup(chunk).is_some() {
+        if Self::lookup_pending(&locks, chunk).is_none() && locks.complete().lookup(chunk).is_some()
+        {
             return;
         }
         let (locks, r) = self.find_or_make_pending(&state, locks, chunk);
@@ -705,7 +722,7 @@ impl Snap {
             } else {
                 // SAFETY: `e` is fresh and ours; the table owns it from now
                 // on (or hands it back merged, to free after unlocking).
-                merged = unsafe { locks.complete.insert(e) };
+                merged = unsafe { locks.complete_mut().insert(e) };
                 // Snapshot reads of this chunk go to the COW from now on;
                 // the pending entry keeps origin writes out meanwhile.
                 if self.track_slot(old).load(Ordering::Acquire) != 0 {
@@ -719,7 +736,7 @@ impl Snap {
                 }
             }
         }
-        locks.pending.remove(pe.cast::<Exception>());
+        locks.pending_mut().remove(pe.cast::<Exception>());
         drop(locks);
         drop(state);
         if let Some(e) = merged {

@@ -36,6 +36,15 @@ pub(crate) struct OriginSnaps {
     pub(crate) snaps: KVec<NonNull<Snap>>,
 }
 
+impl OriginSnaps {
+    /// Each snapshot; they are live while the registry lock is held, which
+    /// the borrow of `self` (from [`Origins`]) stands for.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &Snap> {
+        // SAFETY: registered snapshots are live while the lock is held.
+        self.snaps.iter().map(|p| unsafe { p.as_ref() })
+    }
+}
+
 /// A resumed `snapshot-origin` target of a device.
 struct DmOrigin {
     bdev: usize,
@@ -67,11 +76,7 @@ impl Origins {
 
     /// Each registered snapshot of origin `bdev`.
     pub(crate) fn snaps(&self, bdev: *mut bindings::block_device) -> impl Iterator<Item = &Snap> {
-        self.find(bdev)
-            .into_iter()
-            .flat_map(|o| o.snaps.iter())
-            // SAFETY: registered snapshots are live while the lock is held.
-            .map(|p| unsafe { p.as_ref() })
+        self.find(bdev).into_iter().flat_map(|o| o.iter())
     }
 
     /// The snapshots sharing `snap`'s origin and COW, itself included:
@@ -370,25 +375,25 @@ pub(crate) fn do_origin(
     let reg = Registry::get();
     loop {
         let origins = reg.read();
-        if limit && origins.snaps(bdev).any(|s| s.over_cow_threshold()) {
+        // One registry lookup per write, as upstream's `__lookup_origin`.
+        let Some(o) = origins.find(bdev) else {
+            return Some(bio);
+        };
+        if limit && o.iter().any(|s| s.over_cow_threshold()) {
             let gen = reg.wake_generation();
             drop(origins);
             reg.wait_for_wake(gen);
             continue;
         }
-        return origin_write(&origins, bdev, bio);
+        return origin_write(o, bio);
     }
 }
 
-fn origin_write(
-    origins: &Origins,
-    bdev: *mut bindings::block_device,
-    bio: OwnedBio,
-) -> Option<OwnedBio> {
+fn origin_write(o: &OriginSnaps, bio: OwnedBio) -> Option<OwnedBio> {
     let sector = bio.sector();
     let mut bio = Some(bio);
     let mut start_last: Option<NonNull<super::cow::Pending>> = None;
-    for s in origins.snaps(bdev) {
+    for s in o.iter() {
         s.origin_write_one(sector, &mut bio, &mut start_last);
     }
     if let Some(pe) = start_last {

@@ -40,6 +40,18 @@ impl BucketLock for HlistBl {
         // SAFETY: as in `lock`; we hold the bit.
         unsafe { sys::dmsr_hlist_bl_unlock(head.as_ptr().cast::<bindings::hlist_bl_head>()) };
     }
+
+    fn lock_pair(a: &AtomicUsize, b: &AtomicUsize) {
+        let (a, b) = (a.as_ptr(), b.as_ptr());
+        // SAFETY: as in `lock`, for both heads.
+        unsafe { sys::dmsr_hlist_bl_lock2(a.cast(), b.cast()) };
+    }
+
+    fn unlock_pair(a: &AtomicUsize, b: &AtomicUsize) {
+        let (a, b) = (a.as_ptr(), b.as_ptr());
+        // SAFETY: as in `unlock`; we hold both bits.
+        unsafe { sys::dmsr_hlist_bl_unlock2(a.cast(), b.cast()) };
+    }
 }
 
 impl HlistBl {

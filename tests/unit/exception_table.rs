@@ -121,6 +121,68 @@ fn pending_table_removes() {
     assert_eq!(free_all(&mut t), 1);
 }
 
+/// A bit lock that logs what it does, to see what `lock_pair` takes.
+struct Logged;
+
+thread_local! {
+    static LOG: std::cell::RefCell<Vec<(char, usize)>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+impl BucketLock for Logged {
+    type Head = AtomicUsize;
+    const LOCK_BITS: usize = 1;
+    fn word(h: &AtomicUsize) -> &AtomicUsize {
+        h
+    }
+    fn lock(h: &AtomicUsize) {
+        SpinBit::lock(h);
+        LOG.with(|l| l.borrow_mut().push(('L', h as *const _ as usize)));
+    }
+    fn unlock(h: &AtomicUsize) {
+        LOG.with(|l| l.borrow_mut().push(('U', h as *const _ as usize)));
+        SpinBit::unlock(h);
+    }
+}
+
+#[test]
+fn pair_locks_both_buckets_and_unlocks_them_together() {
+    // A chunk's complete and pending buckets, as the origin-write path
+    // takes them: the complete bucket (its run group, chunk >> 8) first,
+    // then the pending one (chunk), both released when the pair drops; an
+    // entry inserted through the pair is found through either kind of guard.
+    type T = ExceptionTable<Vec<AtomicUsize>, Logged>;
+    let heads = || (0..64).map(|_| AtomicUsize::new(0)).collect::<Vec<_>>();
+    let complete = T::new(heads(), 8).unwrap();
+    let mut pending = T::new(heads(), 0).unwrap();
+    let chunk = 300u64;
+    let e = boxed(chunk, 9);
+    {
+        let mut pair = complete.lock_pair(&pending, chunk);
+        assert!(unsafe { pair.second.insert(e) }.is_none());
+        assert!(pair.second.lookup(chunk).is_some());
+        assert!(pair.first.lookup(chunk).is_none());
+    }
+    let log = LOG.with(|l| std::mem::take(&mut *l.borrow_mut()));
+    assert_eq!(log.len(), 4, "{log:?}");
+    let (c, p) = (log[0].1, log[1].1);
+    assert_eq!((log[0].0, log[1].0), ('L', 'L'));
+    assert_ne!(c, p);
+    assert_eq!([log[2], log[3]], [('U', p), ('U', c)]);
+    // The same heads as single locks take (complete bucket 300 >> 8 = 1,
+    // pending bucket 300 & 63 = 44), and neither is left locked.
+    assert!(pending.lock(chunk).lookup(chunk).is_some());
+    assert!(complete.lock(chunk).lookup(chunk).is_none());
+    let log = LOG.with(|l| std::mem::take(&mut *l.borrow_mut()));
+    assert_eq!(log.iter().map(|x| x.1).collect::<Vec<_>>(), [p, p, c, c]);
+    let mut n = 0;
+    pending.drain(|x| {
+        assert_eq!(x, e);
+        drop(unsafe { Box::from_raw(x.as_ptr()) });
+        n += 1;
+    });
+    assert_eq!(n, 1);
+}
+
 #[test]
 fn concurrent_inserts_and_lookups_from_threads() {
     // 4 threads insert interleaved chunks into a small table (many threads
