@@ -143,6 +143,11 @@ void *dmsr_mempool_alloc_noio(mempool_t *pool)
 	return mempool_alloc(pool, GFP_NOIO);
 }
 
+void *dmsr_mempool_alloc_nowait(mempool_t *pool)
+{
+	return mempool_alloc(pool, GFP_NOWAIT);
+}
+
 void *dmsr_alloc_noio_atomic(size_t size)
 {
 	void *p = kmalloc(size, GFP_NOIO);

@@ -37,6 +37,8 @@ void dmsr_hlist_bl_unlock2(struct hlist_bl_head *a, struct hlist_bl_head *b);
 /* A kmalloc-backed mempool: allocations wait instead of failing. */
 mempool_t *dmsr_mempool_create(int min_nr, size_t size);
 void *dmsr_mempool_alloc_noio(mempool_t *pool);
+/* The same without sleeping: NULL when neither slab nor reserve has one. */
+void *dmsr_mempool_alloc_nowait(mempool_t *pool);
 /* A completed exception: GFP_NOIO, then GFP_ATOMIC, as upstream. */
 void *dmsr_alloc_noio_atomic(size_t size);
 

@@ -48,11 +48,27 @@ impl<T> Mempool<T> {
         }
     }
 
-    /// Drops and frees an object from [`Mempool::alloc`].
+    /// Allocates and moves `value` in without sleeping (`GFP_NOWAIT`: the
+    /// allocator if it has memory at hand, else the pool's reserve), so it
+    /// may be called under a spinlock; `None` (and `value` dropped) when
+    /// both are empty, for the caller to fall back to [`Mempool::alloc`]
+    /// with its locks dropped.
+    pub fn try_alloc(&self, value: T) -> Option<NonNull<T>> {
+        // SAFETY: the pool is live; a GFP_NOWAIT allocation never sleeps.
+        let p = unsafe { sys::dmsr_mempool_alloc_nowait(self.pool.as_ptr()) }.cast::<T>();
+        let p = NonNull::new(p)?;
+        // SAFETY: as in `alloc`.
+        unsafe { p.as_ptr().write(value) };
+        Some(p)
+    }
+
+    /// Drops and frees an object from [`Mempool::alloc`] or
+    /// [`Mempool::try_alloc`].
     ///
     /// # Safety
     ///
-    /// `p` came from this pool's `alloc` and is not used afterwards.
+    /// `p` came from this pool's `alloc` or `try_alloc` and is not used
+    /// afterwards.
     pub unsafe fn free(&self, p: NonNull<T>) {
         // SAFETY: `p` is a live `T` from this pool (contract).
         unsafe {

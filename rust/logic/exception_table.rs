@@ -226,6 +226,29 @@ impl<'a, L: BucketLock> DerefMut for Bucket<'a, L> {
     }
 }
 
+impl<'a, L: BucketLock> Bucket<'a, L> {
+    /// Also locks the bucket of `chunk` in `other`, keeping this one: the
+    /// pair [`ExceptionTable::lock_pair`] would have taken, in the same
+    /// order, for a caller that needed the second bucket only after looking
+    /// in the first.
+    pub fn and_lock<H2: Deref<Target = [L::Head]>>(
+        self,
+        other: &'a ExceptionTable<H2, L>,
+        chunk: Chunk,
+    ) -> BucketPair<'a, L> {
+        // The pair takes over this guard's lock: no unlock on our drop.
+        let this = core::mem::ManuallyDrop::new(self);
+        let first = Locked {
+            head: this.0.head,
+            merge: this.0.merge,
+            _lock: PhantomData,
+        };
+        let second = other.locked(chunk);
+        L::lock(second.head);
+        BucketPair { first, second }
+    }
+}
+
 impl<L: BucketLock> Drop for Bucket<'_, L> {
     fn drop(&mut self) {
         L::unlock(self.0.head);

@@ -19,7 +19,9 @@ use crate::dm::kcopyd::{CopyJob, FullBio, Kcopyd, Region};
 use crate::dm::mempool::Mempool;
 use crate::dm::{BioList, OwnedBio, TableDev, TargetRef};
 use crate::logic::chunk::{table_sizes, Chunk, ChunkGeometry, MAX_TABLE_BYTES};
-use crate::logic::exception_table::{BucketLock, BucketPair, Exception, ExceptionTable, Locked};
+use crate::logic::exception_table::{
+    Bucket, BucketLock, BucketPair, Exception, ExceptionTable, Locked,
+};
 use crate::new_rwsem;
 use crate::sync::{BucketLocks, RwSem};
 use core::ptr::NonNull;
@@ -98,6 +100,32 @@ const MIN_IOS: i32 = 256;
 
 fn new_table(buckets: usize, hash_shift: u32, key: &'static LockClassKey) -> Result<Table> {
     Table::new(BucketLocks::new_heads(buckets, key)?, hash_shift).ok_or(EINVAL)
+}
+
+/// A chunk's complete bucket alone. Enough to find the chunk copied (a
+/// chunk is never in both tables as far as a holder of this lock can see:
+/// `pending_complete` moves it under both locks) and to track a snapshot
+/// read of it; [`CompleteLock::with_pending`] adds the pending bucket.
+/// Upstream always takes both; the second is a random cache line of the
+/// pending table per I/O that rewrites and reads of copied chunks do not
+/// need.
+pub(crate) struct CompleteLock<'a>(Bucket<'a, BucketLocks>);
+
+impl<'a> CompleteLock<'a> {
+    /// The COW chunk of `chunk` if it is already copied.
+    pub(crate) fn lookup(&self, chunk: Chunk) -> Option<Chunk> {
+        // SAFETY: an entry found under its bucket lock is valid.
+        self.0
+            .lookup(chunk)
+            .map(|e| unsafe { e.as_ref() }.remap(chunk))
+    }
+
+    /// Locks the pending bucket of `chunk` of snapshot `s` too (the lock
+    /// order is kept: complete, then pending); `s` is the snapshot whose
+    /// state this lock came from.
+    pub(crate) fn with_pending(self, s: &'a Snap, chunk: Chunk) -> ChunkLocks<'a> {
+        ChunkLocks(self.0.and_lock(&s.pending, chunk))
+    }
 }
 
 /// A chunk's complete and pending buckets, locked in that order (one C
@@ -274,6 +302,11 @@ impl Snap {
         ChunkLocks(st.exc.complete.lock_pair(&self.pending, chunk))
     }
 
+    /// Locks the complete bucket of `chunk` only; `st` is the state, locked.
+    pub(crate) fn lock_complete<'a>(&'a self, st: &'a State, chunk: Chunk) -> CompleteLock<'a> {
+        CompleteLock(st.exc.complete.lock(chunk))
+    }
+
     /// More copies in flight than `snapshot_cow_threshold`.
     pub(crate) fn over_cow_threshold(&self) -> bool {
         // SAFETY: the module parameter's variable lives as long as the
@@ -309,10 +342,20 @@ impl Snap {
     }
 
     /// Notes a snapshot read of `chunk` going to the origin (`track_chunk`);
-    /// call with the chunk's buckets locked. Slots are shared by chunks with
+    /// call with the chunk's complete bucket locked (`_lock`), under which
+    /// the read found the chunk not copied. Slots are shared by chunks with
     /// the same hash, which can only make a completion wait a little longer.
-    pub(crate) fn track(&self, chunk: Chunk) {
+    pub(crate) fn track(&self, _lock: &CompleteLock<'_>, chunk: Chunk) {
         self.track_slot(chunk).fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Whether a snapshot read that went to the origin may still be reading
+    /// `chunk` (or a chunk sharing its slot). Call with the complete bucket
+    /// locked: a read tracks itself under that lock, so it either tracked
+    /// before, and shows here until it completes, or comes after and finds
+    /// the chunk copied.
+    fn maybe_tracked(&self, _lock: &CompleteLock<'_>, chunk: Chunk) -> bool {
+        self.track_slot(chunk).load(Ordering::Acquire) != 0
     }
 
     /// That read completed (`stop_tracking_chunk`; IRQ context is fine).
@@ -437,6 +480,25 @@ impl Snap {
         })
     }
 
+    /// The same without sleeping, under the bucket locks; `None` when no
+    /// memory is at hand (then drop the locks and use `alloc_pending`).
+    fn try_alloc_pending(&self, geometry: ChunkGeometry, chunk: Chunk) -> Option<NonNull<Pending>> {
+        self.pending_count.fetch_add(1, Ordering::AcqRel);
+        let pe = self.pending_pool.try_alloc(Pending {
+            e: Exception::new(chunk, 0),
+            snap: NonNull::from(self),
+            geometry,
+            started: false,
+            origin_bios: BioList::new(),
+            snapshot_bios: BioList::new(),
+            full_bio: None,
+        });
+        if pe.is_none() {
+            self.pending_count.fetch_sub(1, Ordering::AcqRel);
+        }
+        pe
+    }
+
     /// Frees an unused or finished pending exception; does not sleep.
     ///
     /// # Safety
@@ -495,18 +557,26 @@ impl Snap {
     }
 
     /// Finds or creates the pending exception of `chunk` for a write that
-    /// found no completed exception: allocates with the buckets unlocked,
-    /// then re-checks both tables (`__find_pending_exception` and its
-    /// callers). `Ok(None)` means the chunk got copied meanwhile; `Err`
-    /// that the COW is full.
+    /// found no completed exception under `locks` (`__find_pending_exception`
+    /// and its callers). A new one comes from the mempool without sleeping,
+    /// under the locks, when memory is at hand; else, as upstream always
+    /// does, with the buckets unlocked, and both tables are checked again.
+    /// `Ok(None)` means the chunk got copied meanwhile; `Err` that the COW
+    /// is full.
     pub(crate) fn find_or_make_pending<'a>(
         &'a self,
         st: &'a State,
-        locks: ChunkLocks<'a>,
+        mut locks: ChunkLocks<'a>,
         chunk: Chunk,
     ) -> (ChunkLocks<'a>, Result<Option<NonNull<Pending>>, ()>) {
         if let Some(pe) = Self::lookup_pending(&locks, chunk) {
             return (locks, Ok(Some(pe)));
+        }
+        // No unlock since the caller's lookups: nothing changed for this
+        // chunk, the new exception goes straight in.
+        if let Some(pe) = self.try_alloc_pending(st.geometry(), chunk) {
+            let r = self.insert_pending(st, &mut locks, pe).map(Some).ok_or(());
+            return (locks, r);
         }
         drop(locks);
         let pe = self.alloc_pending(st.geometry(), chunk);
@@ -568,10 +638,20 @@ impl Snap {
         }
         let state = self.state.read();
         let chunk = state.geometry().chunk_of(sector);
-        let locks = self.lock_chunk(&state, chunk);
+        let c = self.lock_complete(&state, chunk);
         if !state.valid || !state.active {
             return;
         }
+        // Copied, and no snapshot read still reading the origin chunk: the
+        // write may go on, and the pending bucket need not be locked (the
+        // rewrite of a copied chunk, the common case). A pending exception
+        // that still exists for a copied chunk (`pending_complete` waiting
+        // for such reads) shows as a tracked read here, and so does not
+        // escape the check below.
+        if c.lookup(chunk).is_some() && !self.maybe_tracked(&c, chunk) {
+            return;
+        }
+        let locks = c.with_pending(self, chunk);
         if Self::lookup_pending(&locks, chunk).is_none() && locks.complete().lookup(chunk).is_some()
         {
             return;

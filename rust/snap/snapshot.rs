@@ -194,18 +194,19 @@ impl TargetOps for Snapshot {
         let state = s.state.read();
         let g = state.geometry();
         let chunk = g.chunk_of(bio.sector());
-        let locks = s.lock_chunk(&state, chunk);
+        // The complete bucket first: copied chunks and reads need no more.
+        let c = s.lock_complete(&state, chunk);
         if !state.valid || (state.overflowed && bio.is_write()) {
             return bio.kill();
         }
         if bio.is_discard() && s.discard_passdown_origin && bio.target_nr() != 0 {
             // The origin half of a passed-down discard: no COW anywhere.
             bio.set_dev(&s.origin);
-            s.track(chunk);
+            s.track(&c, chunk);
             tracked.chunk = Some(chunk);
             return bio.remap();
         }
-        if let Some(cow_chunk) = Snap::lookup_complete(&locks, chunk) {
+        if let Some(cow_chunk) = c.lookup(chunk) {
             let sector = g.remap(bio.sector(), cow_chunk);
             bio.set_dev(&s.cow);
             bio.set_sector(sector);
@@ -215,7 +216,7 @@ impl TargetOps for Snapshot {
                 && u64::from(bio.sectors()) == u64::from(g.sectors())
                 && g.offset_in_chunk(sector) == 0
             {
-                drop(locks);
+                drop(c);
                 drop(state);
                 s.zero_chunk(bio, g.sectors());
                 return Mapped::submitted();
@@ -229,10 +230,11 @@ impl TargetOps for Snapshot {
         }
         if !bio.is_write() {
             bio.set_dev(&s.origin);
-            s.track(chunk);
+            s.track(&c, chunk);
             tracked.chunk = Some(chunk);
             return bio.remap();
         }
+        let locks = c.with_pending(s, chunk);
         let (locks, r) = s.find_or_make_pending(&state, locks, chunk);
         let pe = match r {
             Ok(Some(pe)) => pe,

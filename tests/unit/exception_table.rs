@@ -174,6 +174,16 @@ fn pair_locks_both_buckets_and_unlocks_them_together() {
     assert!(complete.lock(chunk).lookup(chunk).is_none());
     let log = LOG.with(|l| std::mem::take(&mut *l.borrow_mut()));
     assert_eq!(log.iter().map(|x| x.1).collect::<Vec<_>>(), [p, p, c, c]);
+    // A complete bucket locked alone, then joined by the pending one: the
+    // same two heads, same order, released together once.
+    {
+        let c_only = complete.lock(chunk);
+        assert!(c_only.lookup(chunk).is_none());
+        let pair = c_only.and_lock(&pending, chunk);
+        assert!(pair.second.lookup(chunk).is_some());
+    }
+    let log = LOG.with(|l| std::mem::take(&mut *l.borrow_mut()));
+    assert_eq!(log, [('L', c), ('L', p), ('U', p), ('U', c)]);
     let mut n = 0;
     pending.drain(|x| {
         assert_eq!(x, e);
