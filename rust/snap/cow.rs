@@ -469,7 +469,13 @@ impl Snap {
     /// call with no bucket lock held.
     fn alloc_pending(&self, geometry: ChunkGeometry, chunk: Chunk) -> NonNull<Pending> {
         self.pending_count.fetch_add(1, Ordering::AcqRel);
-        self.pending_pool.alloc(Pending {
+        self.pending_pool.alloc(self.new_pending(geometry, chunk))
+    }
+
+    /// A pending exception of `chunk`, not started, no bios, no COW chunk
+    /// yet (`insert_pending` assigns it).
+    fn new_pending(&self, geometry: ChunkGeometry, chunk: Chunk) -> Pending {
+        Pending {
             e: Exception::new(chunk, 0),
             snap: NonNull::from(self),
             geometry,
@@ -477,22 +483,16 @@ impl Snap {
             origin_bios: BioList::new(),
             snapshot_bios: BioList::new(),
             full_bio: None,
-        })
+        }
     }
 
     /// The same without sleeping, under the bucket locks; `None` when no
     /// memory is at hand (then drop the locks and use `alloc_pending`).
     fn try_alloc_pending(&self, geometry: ChunkGeometry, chunk: Chunk) -> Option<NonNull<Pending>> {
         self.pending_count.fetch_add(1, Ordering::AcqRel);
-        let pe = self.pending_pool.try_alloc(Pending {
-            e: Exception::new(chunk, 0),
-            snap: NonNull::from(self),
-            geometry,
-            started: false,
-            origin_bios: BioList::new(),
-            snapshot_bios: BioList::new(),
-            full_bio: None,
-        });
+        let pe = self
+            .pending_pool
+            .try_alloc(self.new_pending(geometry, chunk));
         if pe.is_none() {
             self.pending_count.fetch_sub(1, Ordering::AcqRel);
         }
