@@ -102,6 +102,12 @@ fn new_table(buckets: usize, hash_shift: u32, key: &'static LockClassKey) -> Res
     Table::new(BucketLocks::new_heads(buckets, key)?, hash_shift).ok_or(EINVAL)
 }
 
+/// The COW chunk of `chunk` in locked complete-table bucket `b`, if copied.
+fn remapped(b: &Locked<'_, BucketLocks>, chunk: Chunk) -> Option<Chunk> {
+    // SAFETY: an entry found under its bucket lock is valid.
+    b.lookup(chunk).map(|e| unsafe { e.as_ref() }.remap(chunk))
+}
+
 /// A chunk's complete bucket alone. Enough to find the chunk copied (a
 /// chunk is never in both tables as far as a holder of this lock can see:
 /// `pending_complete` moves it under both locks) and to track a snapshot
@@ -114,10 +120,7 @@ pub(crate) struct CompleteLock<'a>(Bucket<'a, BucketLocks>);
 impl<'a> CompleteLock<'a> {
     /// The COW chunk of `chunk` if it is already copied.
     pub(crate) fn lookup(&self, chunk: Chunk) -> Option<Chunk> {
-        // SAFETY: an entry found under its bucket lock is valid.
-        self.0
-            .lookup(chunk)
-            .map(|e| unsafe { e.as_ref() }.remap(chunk))
+        remapped(&self.0, chunk)
     }
 
     /// Locks the pending bucket of `chunk` of snapshot `s` too (the lock
@@ -518,11 +521,7 @@ impl Snap {
 
     /// The COW chunk of `chunk` if it is already copied (buckets locked).
     pub(crate) fn lookup_complete(locks: &ChunkLocks<'_>, chunk: Chunk) -> Option<Chunk> {
-        // SAFETY: an entry found under its bucket lock is valid.
-        locks
-            .complete()
-            .lookup(chunk)
-            .map(|e| unsafe { e.as_ref() }.remap(chunk))
+        remapped(locks.complete(), chunk)
     }
 
     /// Allocates a COW chunk for `pe` and inserts it in the pending table
@@ -648,12 +647,13 @@ impl Snap {
         // that still exists for a copied chunk (`pending_complete` waiting
         // for such reads) shows as a tracked read here, and so does not
         // escape the check below.
-        if c.lookup(chunk).is_some() && !self.maybe_tracked(&c, chunk) {
+        let copied = c.lookup(chunk).is_some();
+        if copied && !self.maybe_tracked(&c, chunk) {
             return;
         }
+        // The complete bucket stays locked: `copied` still holds.
         let locks = c.with_pending(self, chunk);
-        if Self::lookup_pending(&locks, chunk).is_none() && locks.complete().lookup(chunk).is_some()
-        {
+        if copied && Self::lookup_pending(&locks, chunk).is_none() {
             return;
         }
         let (locks, r) = self.find_or_make_pending(&state, locks, chunk);
