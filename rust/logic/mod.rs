@@ -6,6 +6,7 @@
 
 pub mod args;
 pub mod chunk;
+pub mod completion_order;
 pub mod disk_format;
 pub mod exception_table;
 pub mod persistent;

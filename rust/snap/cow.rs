@@ -19,6 +19,7 @@ use crate::dm::kcopyd::{CopyJob, FullBio, Kcopyd, Region};
 use crate::dm::mempool::Mempool;
 use crate::dm::{BioList, OwnedBio, TableDev, TargetRef};
 use crate::logic::chunk::{table_sizes, Chunk, ChunkGeometry, MAX_TABLE_BYTES};
+use crate::logic::completion_order::{CompletionOrder, OrderLink, Ordered};
 use crate::logic::exception_table::{
     Bucket, BucketLock, BucketPair, Exception, ExceptionTable, Locked,
 };
@@ -37,9 +38,10 @@ use kernel::sync::SpinLock;
 #[pin_data(PinnedDrop)]
 pub(crate) struct Exceptions {
     complete: Table,
-    /// The store's allocator (`pe_allocation_lock`).
+    /// The store's allocator and the order of what it allocated
+    /// (`pe_allocation_lock`).
     #[pin]
-    store: SpinLock<Store>,
+    alloc: SpinLock<Allocation>,
     geometry: ChunkGeometry,
     /// The persistent store's metadata I/O; `None` for `N`.
     pio: Option<Pin<KBox<PersistentIo>>>,
@@ -56,6 +58,16 @@ impl PinnedDrop for Exceptions {
             unsafe { Registry::get().exceptions.free(e) }
         });
     }
+}
+
+/// What the allocation lock protects: the store, and the pending
+/// exceptions in the order their COW chunks were allocated, which is the
+/// order their copies complete in (upstream's exception sequence numbers).
+/// It is empty whenever no pending exception exists, so a handover moves
+/// it empty.
+pub(crate) struct Allocation {
+    pub(crate) store: Store,
+    order: CompletionOrder<Pending>,
 }
 
 /// Snapshot state read per chunk and written rarely (`s->lock`).
@@ -78,11 +90,12 @@ impl State {
         self.exc.geometry
     }
 
-    /// The store, under its allocation lock.
-    pub(crate) fn store(
+    /// The store and the completion order, under the allocation lock.
+    pub(crate) fn alloc(
         &self,
-    ) -> kernel::sync::lock::Guard<'_, Store, kernel::sync::lock::spinlock::SpinLockBackend> {
-        self.exc.store.lock()
+    ) -> kernel::sync::lock::Guard<'_, Allocation, kernel::sync::lock::spinlock::SpinLockBackend>
+    {
+        self.exc.alloc.lock()
     }
 
     /// Metadata sectors of the store (0 for `N`).
@@ -165,6 +178,16 @@ pub(crate) struct Pending {
     origin_bios: BioList,
     snapshot_bios: BioList,
     full_bio: Option<FullBio>,
+    /// Place in the allocation order (under the allocation lock).
+    order: OrderLink<Pending>,
+}
+
+// SAFETY: `link` returns the `order` field of the pending exception itself.
+unsafe impl Ordered for Pending {
+    unsafe fn link(this: NonNull<Self>) -> NonNull<OrderLink<Self>> {
+        // SAFETY: `this` is valid (caller); a field of it is not null.
+        unsafe { NonNull::new_unchecked(core::ptr::addr_of_mut!((*this.as_ptr()).order)) }
+    }
 }
 
 // SAFETY: a pending exception moves between CPUs with its bios; its fields
@@ -244,7 +267,13 @@ impl Snap {
         let exc = KBox::pin_init(
             pin_init!(Exceptions {
                 complete,
-                store <- new_spinlock!(a.store, "dm_snap_rs:pe_allocation"),
+                alloc <- new_spinlock!(
+                    Allocation {
+                        store: a.store,
+                        order: CompletionOrder::new(),
+                    },
+                    "dm_snap_rs:pe_allocation"
+                ),
                 geometry,
                 pio: a.pio,
             }),
@@ -425,7 +454,7 @@ impl Snap {
         let Some(pio) = st.exc.pio.as_ref() else {
             return Ok(());
         };
-        let mut alloc = match &*st.store() {
+        let mut alloc = match &st.alloc().store {
             Store::Persistent { alloc, .. } => *alloc,
             Store::Transient(_) => return Ok(()),
         };
@@ -442,7 +471,7 @@ impl Snap {
             }
             Ok(())
         })?;
-        if let Store::Persistent { alloc: a, .. } = &mut *st.store() {
+        if let Store::Persistent { alloc: a, .. } = &mut st.alloc().store {
             *a = alloc;
         }
         Ok(())
@@ -486,6 +515,7 @@ impl Snap {
             origin_bios: BioList::new(),
             snapshot_bios: BioList::new(),
             full_bio: None,
+            order: OrderLink::new(),
         }
     }
 
@@ -533,16 +563,27 @@ impl Snap {
         locks: &mut ChunkLocks<'_>,
         pe: NonNull<Pending>,
     ) -> Option<NonNull<Pending>> {
-        let new_chunk = st.store().prepare_exception();
+        let new_chunk = {
+            let mut a = st.alloc();
+            let c = a.store.prepare_exception();
+            if let Some(c) = c {
+                // SAFETY: `pe` is ours and in no order; it stays valid until
+                // `copy_done` takes it out of the order and completes it.
+                unsafe {
+                    (*pe.as_ptr()).e.new_chunk = c;
+                    a.order.push(pe);
+                }
+            }
+            c
+        };
         if let (Some(_), Some(p)) = (new_chunk, st.exc.pio.as_ref()) {
             p.prepared();
         }
         match new_chunk {
-            Some(c) => {
+            Some(_) => {
                 // SAFETY: `pe` is ours and in no table; it stays valid until
                 // `pending_complete` removes and frees it.
                 unsafe {
-                    (*pe.as_ptr()).e.new_chunk = c;
                     let _ = locks.pending_mut().insert(pe.cast::<Exception>());
                 }
                 Some(pe)
@@ -744,9 +785,37 @@ impl Snap {
         self.kcopyd.zero(&region, job);
     }
 
-    /// A copy finished: commit the exception and release its bios
-    /// (`copy_callback` -> `commit_exception` -> `pending_complete`).
+    /// A copy finished (`copy_callback`): completes it, and the copies that
+    /// finished before it and waited for it, in allocation order. Runs in
+    /// kcopyd's worker, one call at a time per snapshot.
     fn copy_done(&self, pe: NonNull<Pending>, ok: bool) {
+        let mut next = self.next_in_order(Some((pe, ok)));
+        while let Some((q, ok)) = next {
+            self.complete_copy(q, ok);
+            next = self.next_in_order(None);
+        }
+        self.account_end_copy();
+    }
+
+    /// Records a finished copy, if given, and takes the oldest pending
+    /// exception out of the allocation order if its copy has finished.
+    fn next_in_order(
+        &self,
+        finished: Option<(NonNull<Pending>, bool)>,
+    ) -> Option<(NonNull<Pending>, bool)> {
+        let st = self.state.read();
+        let mut a = st.alloc();
+        if let Some((pe, ok)) = finished {
+            // SAFETY: every pending exception with a COW chunk was pushed
+            // in `insert_pending` and leaves the order only here.
+            unsafe { a.order.finish(pe, ok) };
+        }
+        a.order.pop_ready()
+    }
+
+    /// Commits the exception of a finished copy and releases its bios
+    /// (`complete_exception` -> `commit_exception` -> `pending_complete`).
+    fn complete_copy(&self, pe: NonNull<Pending>, ok: bool) {
         // No handover happens while a pending exception exists (both tables
         // are quiesced for it), so the store cannot change under us; the
         // state lock must not be held across `pending_complete`, which
@@ -771,7 +840,6 @@ impl Snap {
                 }
             }
         }
-        self.account_end_copy();
     }
 
     fn pending_complete(&self, pe: NonNull<Pending>, success: bool) {

@@ -348,7 +348,7 @@ impl TargetOps for Snapshot {
                 } else if st.overflowed {
                     out.write_str("Overflow")
                 } else {
-                    let u = st.store().usage(st.metadata_sectors());
+                    let u = st.alloc().store.usage(st.metadata_sectors());
                     write!(out, "{}/{} {}", u.allocated, u.total, u.metadata)
                 }
             }
@@ -356,7 +356,7 @@ impl TargetOps for Snapshot {
                 let _ = write!(out, "{} {}", s.origin.name(), s.cow.name());
                 let st = s.state.read();
                 // A destination not yet resumed has no chunk size yet.
-                let _ = st.store().status_table(out, st.handover_dest, s.po);
+                let _ = st.alloc().store.status_table(out, st.handover_dest, s.po);
                 let n = u32::from(s.discard_zeroes_cow) + u32::from(s.discard_passdown_origin);
                 if n > 0 {
                     let _ = write!(out, " {}", n);

@@ -1,0 +1,147 @@
+//! Completing copies in the order their COW chunks were allocated.
+//!
+//! Upstream numbers each pending exception when its chunk is allocated
+//! (`exception_start_sequence`) and, in the copy callback, completes it only
+//! when all earlier ones are complete, parking early finishers in an rbtree
+//! keyed by that number (`exception_complete_sequence`, commit 230c83afdd9c
+//! "dm snapshot: avoid snapshot space leak on crash"). The persistent store
+//! needs it: a metadata area written while an earlier-allocated chunk is
+//! still being copied records a later chunk before it, and a crash then
+//! leaves the earlier chunk allocated to nothing, since a reload allocates
+//! after the highest chunk it finds.
+//!
+//! Chunks are allocated in sequence, so the same order is a FIFO: the
+//! allocator appends each new pending exception under its lock, a finished
+//! copy marks its exception finished, and exceptions leave from the front
+//! only, while the front one is finished. Every operation is O(1) and
+//! nothing is allocated (the link lives in the pending exception itself),
+//! where the rbtree costs O(log n) per early finisher.
+
+use core::ptr::NonNull;
+
+/// The link a node of a [`CompletionOrder`] carries.
+pub struct OrderLink<T> {
+    next: Option<NonNull<T>>,
+    /// The copy's result once it finished.
+    result: Option<bool>,
+}
+
+impl<T> OrderLink<T> {
+    /// A link for a node in no order yet.
+    pub const fn new() -> Self {
+        OrderLink {
+            next: None,
+            result: None,
+        }
+    }
+}
+
+impl<T> Default for OrderLink<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// An object that can be queued in a [`CompletionOrder`].
+///
+/// # Safety
+///
+/// `link` returns a pointer to the same [`OrderLink`] of `this` every time,
+/// valid as long as `this` is, and touched only through the order.
+pub unsafe trait Ordered: Sized {
+    /// The node's link.
+    ///
+    /// # Safety
+    ///
+    /// `this` is valid.
+    unsafe fn link(this: NonNull<Self>) -> NonNull<OrderLink<Self>>;
+}
+
+/// Nodes in allocation order, leaving only from the front and only once
+/// finished. The owner serializes all calls (a spinlock in the driver).
+pub struct CompletionOrder<T> {
+    head: Option<NonNull<T>>,
+    tail: Option<NonNull<T>>,
+    len: usize,
+}
+
+// SAFETY: the order only holds pointers to nodes that may move between
+// threads themselves; it never dereferences them except in its methods,
+// whose callers serialize access.
+unsafe impl<T: Send> Send for CompletionOrder<T> {}
+
+impl<T> Default for CompletionOrder<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<T> CompletionOrder<T> {
+    /// An empty order.
+    pub const fn new() -> Self {
+        CompletionOrder {
+            head: None,
+            tail: None,
+            len: 0,
+        }
+    }
+
+    /// Nothing is waiting.
+    pub fn is_empty(&self) -> bool {
+        self.head.is_none()
+    }
+
+    /// How many nodes are waiting (finished or not).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+}
+
+impl<T: Ordered> CompletionOrder<T> {
+    /// Appends `node`, the latest allocated.
+    ///
+    /// # Safety
+    ///
+    /// `node` is valid, in no order, and stays valid until
+    /// [`CompletionOrder::pop_ready`] returns it.
+    pub unsafe fn push(&mut self, node: NonNull<T>) {
+        // SAFETY: contract: `node` is valid and its link ours.
+        unsafe {
+            let l = T::link(node).as_ptr();
+            (*l).next = None;
+            (*l).result = None;
+        }
+        match self.tail {
+            // SAFETY: the tail is a valid node of this order.
+            Some(t) => unsafe { (*T::link(t).as_ptr()).next = Some(node) },
+            None => self.head = Some(node),
+        }
+        self.tail = Some(node);
+        self.len += 1;
+    }
+
+    /// Records that the copy of `node` finished, successfully or not.
+    ///
+    /// # Safety
+    ///
+    /// `node` is in this order.
+    pub unsafe fn finish(&mut self, node: NonNull<T>, ok: bool) {
+        // SAFETY: contract.
+        unsafe { (*T::link(node).as_ptr()).result = Some(ok) };
+    }
+
+    /// Removes and returns the front node with its result if its copy
+    /// finished; `None` if the order is empty or the front is unfinished.
+    pub fn pop_ready(&mut self) -> Option<(NonNull<T>, bool)> {
+        let h = self.head?;
+        // SAFETY: nodes stay valid while in the order (`push`).
+        let l = unsafe { &mut *T::link(h).as_ptr() };
+        let ok = l.result?;
+        self.head = l.next.take();
+        if self.head.is_none() {
+            self.tail = None;
+        }
+        self.len -= 1;
+        Some((h, ok))
+    }
+}
