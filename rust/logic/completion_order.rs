@@ -130,18 +130,55 @@ impl<T: Ordered> CompletionOrder<T> {
         unsafe { (*T::link(node).as_ptr()).result = Some(ok) };
     }
 
-    /// Removes and returns the front node with its result if its copy
-    /// finished; `None` if the order is empty or the front is unfinished.
-    pub fn pop_ready(&mut self) -> Option<(NonNull<T>, bool)> {
-        let h = self.head?;
-        // SAFETY: nodes stay valid while in the order (`push`).
-        let l = unsafe { &mut *T::link(h).as_ptr() };
-        let ok = l.result?;
-        self.head = l.next.take();
-        if self.head.is_none() {
+    /// Takes out the finished front of the order: the nodes to complete
+    /// now, oldest first, with their results (none if the front node is
+    /// unfinished). One walk under the owner's lock; the caller completes
+    /// them after dropping it.
+    pub fn take_ready(&mut self) -> Ready<T> {
+        let first = self.head;
+        let mut last = None;
+        let mut cur = self.head;
+        let mut n = 0;
+        while let Some(c) = cur {
+            // SAFETY: nodes stay valid while in the order (`push`).
+            let l = unsafe { &*T::link(c).as_ptr() };
+            if l.result.is_none() {
+                break;
+            }
+            last = Some(c);
+            cur = l.next;
+            n += 1;
+        }
+        let Some(last) = last else {
+            return Ready { next: None };
+        };
+        // SAFETY: as above; the taken nodes now form a chain of their own.
+        unsafe { (*T::link(last).as_ptr()).next = None };
+        self.head = cur;
+        if cur.is_none() {
             self.tail = None;
         }
-        self.len -= 1;
-        Some((h, ok))
+        self.len -= n;
+        Ready { next: first }
+    }
+}
+
+/// Nodes taken out of a [`CompletionOrder`], finished, oldest first. Each
+/// node's link is read before the node is yielded, so the caller may free
+/// it at once.
+pub struct Ready<T> {
+    next: Option<NonNull<T>>,
+}
+
+impl<T: Ordered> Iterator for Ready<T> {
+    type Item = (NonNull<T>, bool);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let h = self.next?;
+        // SAFETY: taken nodes stay valid until yielded (`push`), and this
+        // one has not been yet.
+        let l = unsafe { &mut *T::link(h).as_ptr() };
+        self.next = l.next.take();
+        Some((h, l.result.unwrap_or(false)))
     }
 }

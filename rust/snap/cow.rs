@@ -60,11 +60,15 @@ impl PinnedDrop for Exceptions {
     }
 }
 
-/// What the allocation lock protects: the store, and the pending
-/// exceptions in the order their COW chunks were allocated, which is the
-/// order their copies complete in (upstream's exception sequence numbers).
-/// It is empty whenever no pending exception exists, so a handover moves
-/// it empty.
+/// What the allocation lock protects: the store, and for the persistent
+/// store the pending exceptions in the order their COW chunks were
+/// allocated, which is the order their copies complete in (upstream's
+/// exception sequence numbers: an area written while an earlier-allocated
+/// chunk is still being copied would record a later one first, and after a
+/// crash the earlier chunk would be allocated to nothing). The transient
+/// store has nothing on disk to keep in order, so its copies complete as
+/// they finish. The order is empty whenever no pending exception exists, so
+/// a handover moves it empty.
 pub(crate) struct Allocation {
     pub(crate) store: Store,
     order: CompletionOrder<Pending>,
@@ -567,11 +571,12 @@ impl Snap {
             let mut a = st.alloc();
             let c = a.store.prepare_exception();
             if let Some(c) = c {
-                // SAFETY: `pe` is ours and in no order; it stays valid until
-                // `copy_done` takes it out of the order and completes it.
-                unsafe {
-                    (*pe.as_ptr()).e.new_chunk = c;
-                    a.order.push(pe);
+                // SAFETY: `pe` is ours and in no table yet.
+                unsafe { (*pe.as_ptr()).e.new_chunk = c };
+                if st.exc.pio.is_some() {
+                    // SAFETY: `pe` is in no order; it stays valid until
+                    // `copy_done` takes it out of the order and completes it.
+                    unsafe { a.order.push(pe) };
                 }
             }
             c
@@ -785,60 +790,53 @@ impl Snap {
         self.kcopyd.zero(&region, job);
     }
 
-    /// A copy finished (`copy_callback`): completes it, and the copies that
-    /// finished before it and waited for it, in allocation order. Runs in
-    /// kcopyd's worker, one call at a time per snapshot.
+    /// A copy finished (`copy_callback`). The transient store completes it
+    /// at once; the persistent store completes it and the copies that
+    /// finished before it and waited for it, in allocation order (see
+    /// [`Allocation`]). Runs in kcopyd's worker, one call at a time per
+    /// snapshot, so what one call takes out of the order is completed before
+    /// the next call takes anything.
     fn copy_done(&self, pe: NonNull<Pending>, ok: bool) {
-        let mut next = self.next_in_order(Some((pe, ok)));
-        while let Some((q, ok)) = next {
-            self.complete_copy(q, ok);
-            next = self.next_in_order(None);
+        // No handover happens while a pending exception exists (both tables
+        // are quiesced for it), so the store cannot change while the taken
+        // ones are completed; the state lock must not be held across
+        // `pending_complete`, which takes it again.
+        let st = self.state.read();
+        match st.exc.pio.as_ref().map(|p| NonNull::from(&**p)) {
+            None => {
+                drop(st);
+                self.pending_complete(pe, ok);
+            }
+            Some(pio) => {
+                let ready = {
+                    let mut a = st.alloc();
+                    // SAFETY: every persistent pending exception was pushed
+                    // in `insert_pending` and leaves the order only here.
+                    unsafe { a.order.finish(pe, ok) };
+                    a.order.take_ready()
+                };
+                drop(st);
+                for (q, ok) in ready {
+                    // SAFETY: read under the state lock while `q` was
+                    // pending; the store stays while it is (see above).
+                    self.commit(unsafe { pio.as_ref() }, q, ok);
+                }
+            }
         }
         self.account_end_copy();
     }
 
-    /// Records a finished copy, if given, and takes the oldest pending
-    /// exception out of the allocation order if its copy has finished.
-    fn next_in_order(
-        &self,
-        finished: Option<(NonNull<Pending>, bool)>,
-    ) -> Option<(NonNull<Pending>, bool)> {
-        let st = self.state.read();
-        let mut a = st.alloc();
-        if let Some((pe, ok)) = finished {
-            // SAFETY: every pending exception with a COW chunk was pushed
-            // in `insert_pending` and leaves the order only here.
-            unsafe { a.order.finish(pe, ok) };
-        }
-        a.order.pop_ready()
-    }
-
-    /// Commits the exception of a finished copy and releases its bios
-    /// (`complete_exception` -> `commit_exception` -> `pending_complete`).
-    fn complete_copy(&self, pe: NonNull<Pending>, ok: bool) {
-        // No handover happens while a pending exception exists (both tables
-        // are quiesced for it), so the store cannot change under us; the
-        // state lock must not be held across `pending_complete`, which
-        // takes it again.
-        let pio = {
-            let st = self.state.read();
-            st.exc.pio.as_ref().map(|p| NonNull::from(&**p))
-        };
-        match pio {
-            // The transient store commits at once.
-            None => self.pending_complete(pe, ok),
-            Some(p) => {
-                // SAFETY: see above: the store outlives this pending exception.
-                let p = unsafe { p.as_ref() };
-                // SAFETY: `pe` is live until `pending_complete` frees it.
-                let (old, new) = unsafe { (pe.as_ref().e.old_chunk, pe.as_ref().e.new_chunk) };
-                if let Some((done, valid)) = p.commit(&self.cow, pe, old, new, ok) {
-                    for &q in done.iter() {
-                        self.pending_complete(q, valid);
-                    }
-                    p.recycle(done);
-                }
+    /// Commits the exception of a finished copy to the persistent store and
+    /// completes what the commit made durable (`complete_exception` ->
+    /// `commit_exception` -> `pending_complete`).
+    fn commit(&self, p: &PersistentIo, pe: NonNull<Pending>, ok: bool) {
+        // SAFETY: `pe` is live until `pending_complete` frees it.
+        let (old, new) = unsafe { (pe.as_ref().e.old_chunk, pe.as_ref().e.new_chunk) };
+        if let Some((done, valid)) = p.commit(&self.cow, pe, old, new, ok) {
+            for &q in done.iter() {
+                self.pending_complete(q, valid);
             }
+            p.recycle(done);
         }
     }
 

@@ -36,18 +36,16 @@ fn free(v: Vec<NonNull<Node>>) {
 }
 
 fn drain(o: &mut CompletionOrder<Node>) -> Vec<(usize, bool)> {
-    let mut out = Vec::new();
-    while let Some((n, ok)) = o.pop_ready() {
-        out.push((unsafe { n.as_ref() }.id, ok));
-    }
-    out
+    o.take_ready()
+        .map(|(n, ok)| (unsafe { n.as_ref() }.id, ok))
+        .collect()
 }
 
 #[test]
 fn empty_order_yields_nothing() {
     let mut o = CompletionOrder::<Node>::new();
     assert!(o.is_empty());
-    assert!(o.pop_ready().is_none());
+    assert!(o.take_ready().next().is_none());
 }
 
 #[test]
