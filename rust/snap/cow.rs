@@ -567,38 +567,27 @@ impl Snap {
         locks: &mut ChunkLocks<'_>,
         pe: NonNull<Pending>,
     ) -> Option<NonNull<Pending>> {
-        let new_chunk = {
-            let mut a = st.alloc();
-            let c = a.store.prepare_exception();
-            if let Some(c) = c {
-                // SAFETY: `pe` is ours and in no table yet.
-                unsafe { (*pe.as_ptr()).e.new_chunk = c };
-                if st.exc.pio.is_some() {
-                    // SAFETY: `pe` is in no order; it stays valid until
-                    // `copy_done` takes it out of the order and completes it.
-                    unsafe { a.order.push(pe) };
-                }
-            }
-            c
+        let mut a = st.alloc();
+        let Some(c) = a.store.prepare_exception() else {
+            drop(a);
+            // SAFETY: never inserted.
+            unsafe { self.free_pending(pe) };
+            return None;
         };
-        if let (Some(_), Some(p)) = (new_chunk, st.exc.pio.as_ref()) {
-            p.prepared();
-        }
-        match new_chunk {
-            Some(_) => {
-                // SAFETY: `pe` is ours and in no table; it stays valid until
-                // `pending_complete` removes and frees it.
-                unsafe {
-                    let _ = locks.pending_mut().insert(pe.cast::<Exception>());
-                }
-                Some(pe)
-            }
-            None => {
-                // SAFETY: never inserted.
-                unsafe { self.free_pending(pe) };
-                None
+        // SAFETY: `pe` is ours and in no table or order yet; it stays valid
+        // until `pending_complete` removes it from the table and frees it,
+        // which happens after `copy_done` took it out of the order.
+        unsafe {
+            (*pe.as_ptr()).e.new_chunk = c;
+            if let Some(p) = st.exc.pio.as_ref() {
+                a.order.push(pe);
+                p.prepared();
             }
         }
+        drop(a);
+        // SAFETY: as above.
+        let _ = unsafe { locks.pending_mut().insert(pe.cast::<Exception>()) };
+        Some(pe)
     }
 
     /// Finds or creates the pending exception of `chunk` for a write that
