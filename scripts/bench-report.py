@@ -4,7 +4,8 @@
 Input: RESULT lines "RESULT round driver row engine jobs iops p50 p99" (p50/p99
 completion latency in microseconds). For each row the drivers' medians are
 compared round by round (each round runs C, Rust, Rust, C), so the ratio's
-spread shows the noise.
+spread shows the noise. With scripts/bench --baseline the other driver is an
+earlier dm_snap_rs ("base") instead of C.
 """
 import csv
 import statistics as st
@@ -39,16 +40,21 @@ for line in open(raw, errors="replace"):
     if len(f) >= 5 and f[0] == "SLAB" and f[4].isdigit():
         slab[f[1]] = int(f[4])
 
+# The driver dm_snap_rs is compared with: C, or an earlier build of itself.
+A = "base" if any(k[3] == "base" for k in runs) else "c"
+AN = "base" if A == "base" else "C"
+
 base_rows = ["origin-cow", "origin-rewrite", "snap-write", "snap-read"]
 rows = [r for b in base_rows for r in sorted({k[0] for k in runs}) if r == b or r.startswith(b + "/")]
 keys = sorted({(k[1], k[2]) for k in runs})
 out = []
-print(f"# dm_snap_rs vs C dm-snapshot.ko, 4 KiB random I/O ({machine})")
-print("# IOPS: median [min-max] over all runs; ratio rs/C: median of per-round ratios [min-max]")
+print(f"# dm_snap_rs vs {'an earlier dm_snap_rs' if A == 'base' else 'C dm-snapshot.ko'}, 4 KiB random I/O ({machine})")
+print(f"# IOPS: median [min-max] over all runs; ratio rs/{AN}: median of per-round ratios [min-max]")
 def spread(v):
     return f"{med(v):.0f} [{min(v):.0f}-{max(v):.0f}]"
 
-hdr = f"{'row':<17}{'engine':<7}{'jobs':>4} {'C IOPS':>22} {'rs IOPS':>22} {'rs/C':>17} {'p99 C us':>9} {'p99 rs':>8} {'p99 rs/C':>8}"
+hdr = (f"{'row':<17}{'engine':<7}{'jobs':>4} {AN + ' IOPS':>22} {'rs IOPS':>22} {'rs/' + AN:>17} {'p99 ' + AN + ' us':>9}"
+       f" {'p99 rs':>8} {'p99 rs/' + AN:>8}")
 print(hdr)
 for eng, jobs in keys:
     base = runs.get(("raw", eng, jobs, "-"), [])
@@ -60,18 +66,18 @@ for eng, jobs in keys:
             print(f"{name:<17}{eng:<7}{jobs:>4} {spread(iops):>22} {'':>22} {'':>17} {med(p99):>9.0f}")
             out.append([name, eng, jobs, "-", len(v), med(iops), min(iops), max(iops), med([x[2] for x in v]), med(p99), "", "", ""])
     for row in rows:
-        c, r = runs.get((row, eng, jobs, "c"), []), runs.get((row, eng, jobs, "rs"), [])
+        c, r = runs.get((row, eng, jobs, A), []), runs.get((row, eng, jobs, "rs"), [])
         if not c or not r:
             continue
         ci, ri = [x[1] for x in c], [x[1] for x in r]
-        cr, rr = per_round((row, eng, jobs, "c"), 1), per_round((row, eng, jobs, "rs"), 1)
+        cr, rr = per_round((row, eng, jobs, A), 1), per_round((row, eng, jobs, "rs"), 1)
         ratios = [rr[k] / cr[k] for k in cr if k in rr and cr[k] > 0]
-        cp, rp = per_round((row, eng, jobs, "c"), 3), per_round((row, eng, jobs, "rs"), 3)
+        cp, rp = per_round((row, eng, jobs, A), 3), per_round((row, eng, jobs, "rs"), 3)
         pr = [rp[k] / cp[k] for k in cp if k in rp and cp[k] > 0]
         c99, r99 = med([x[3] for x in c]), med([x[3] for x in r])
         rat = f"{med(ratios):.2f} [{min(ratios):.2f}-{max(ratios):.2f}]" if ratios else "n/a"
         print(f"{row:<17}{eng:<7}{jobs:>4} {spread(ci):>22} {spread(ri):>22} {rat:>17} {c99:>9.0f} {r99:>8.0f} {med(pr) if pr else float('nan'):>8.2f}")
-        for drv, v in (("c", c), ("rs", r)):
+        for drv, v in ((A, c), ("rs", r)):
             iops = [x[1] for x in v]
             out.append([row, eng, jobs, drv, len(v), med(iops), min(iops), max(iops), med([x[2] for x in v]), med([x[3] for x in v]),
                         f"{med(ratios):.3f}" if ratios else "", f"{min(ratios):.3f}" if ratios else "", f"{max(ratios):.3f}" if ratios else ""])
@@ -84,7 +90,7 @@ print("# memory: per completed exception (slab object size, a randomly written c
 with open(prefix + ".csv", "w", newline="") as f:
     w = csv.writer(f)
     w.writerow(["row", "engine", "jobs", "driver", "runs", "iops_median", "iops_min", "iops_max", "p50_us_median", "p99_us_median",
-                "ratio_rs_c_median", "ratio_min", "ratio_max"])
+                f"ratio_rs_{A}_median", "ratio_min", "ratio_max"])
     w.writerows(out)
 print(f"# CSV: {prefix}.csv")
 
@@ -104,7 +110,7 @@ colour = 0
 for base, what in (("origin-cow", "origin COW"), ("snap-write", "snapshot write")):
     for row in [r for r in rows if r == base or r.startswith(base + "/")]:
         tag = what + (" " + row.split("/", 1)[1] if "/" in row else "")
-        series.append((row, "c", f"{tag}, C", f"C{colour}o--"))
+        series.append((row, A, f"{tag}, {AN}", f"C{colour}o--"))
         series.append((row, "rs", f"{tag}, dm_snap_rs", f"C{colour}s-"))
         colour += 1
 for ci, eng in enumerate(engines):

@@ -12,6 +12,16 @@
 ROUNDS=${ROUNDS:-2} SMP=${SMP:-$(nproc)} STORE=${STORE:-N} CHUNK=${CHUNK:-8}
 . /payload/tests/bench/fiorun.sh
 KO_PERF=/payload/files/dm_snap_rs.ko
+# The driver compared with dm_snap_rs: "c" (dm-snapshot.ko) or "base" (an
+# earlier dm_snap_rs, scripts/bench --baseline).
+A=${A:-c}
+load() {
+	case $1 in
+	c) load_c ;;
+	base) unload_drivers; insmod /payload/files/dm_snap_rs-base.ko ;;
+	*) unload_drivers; insmod $KO_PERF ;;
+	esac
+}
 
 nb() { # name size_mb [memory_backed]: a null_blk, by default without memory
 	modprobe null_blk nr_devices=0 >/dev/null 2>&1
@@ -59,7 +69,7 @@ rmall() { dmsetup remove bs 2>/dev/null; dmsetup remove bo 2>/dev/null; }
 # driver, the most contended lock classes.
 if [ -w /proc/lock_stat ] && [ "${LOCKSTAT:-0}" = 1 ]; then
 	for drv in ${LOCKSTAT_DRIVERS:-c rs}; do
-		if [ $drv = c ]; then load_c; else unload_drivers; insmod $KO_PERF; fi
+		load $drv
 		mkorigin; mksnap
 		BLS=/sys/module/dm_snap_rs/parameters/bucket_lock_stats
 		echo 0 >/proc/lock_stat
@@ -92,8 +102,8 @@ if [ "${PROFILE:-0}" = 1 ]; then
 	echo "${PROFILE_ROWS:-origin-cow psync 1,snap-write psync 1,origin-cow libaio $SMP}" | tr , '\n' >/tmp/rows
 	while read -r row; do
 		set -- $row
-		for drv in c rs; do
-			if [ $drv = c ]; then load_c; else unload_drivers; insmod $KO_PERF; fi
+		for drv in $A rs; do
+			load $drv
 			mkorigin; mksnap
 			dev=/dev/mapper/bo; [ $1 = snap-write ] && dev=/dev/mapper/bs
 			how=first
@@ -113,7 +123,7 @@ if [ "${PROFILE:-0}" = 1 ]; then
 	exit 0
 fi
 
-order="c rs rs c"
+order="$A rs rs $A"
 r=0
 while [ $r -lt $ROUNDS ]; do
 	r=$((r + 1))
@@ -129,7 +139,7 @@ while [ $r -lt $ROUNDS ]; do
 	for STORE in $STORES; do
 	sfx=""; [ "$STORES" != "$STORE" ] && sfx=/$STORE
 	for drv in $order; do
-		if [ $drv = c ]; then load_c; else unload_drivers; insmod $KO_PERF; fi
+		load $drv
 		for eng in psync libaio; do
 			j=1; while [ $j -le $SMP ]; do
 				run origin-cow bo randwrite first
