@@ -62,7 +62,6 @@ pub unsafe trait Ordered: Sized {
 pub struct CompletionOrder<T> {
     head: Option<NonNull<T>>,
     tail: Option<NonNull<T>>,
-    len: usize,
 }
 
 // SAFETY: the order only holds pointers to nodes that may move between
@@ -82,18 +81,12 @@ impl<T> CompletionOrder<T> {
         CompletionOrder {
             head: None,
             tail: None,
-            len: 0,
         }
     }
 
     /// Nothing is waiting.
     pub fn is_empty(&self) -> bool {
         self.head.is_none()
-    }
-
-    /// How many nodes are waiting (finished or not).
-    pub fn len(&self) -> usize {
-        self.len
     }
 }
 
@@ -103,7 +96,8 @@ impl<T: Ordered> CompletionOrder<T> {
     /// # Safety
     ///
     /// `node` is valid, in no order, and stays valid until
-    /// [`CompletionOrder::pop_ready`] returns it.
+    /// [`CompletionOrder::take_ready`] has taken it out and
+    /// the [`Ready`] it came in has yielded it.
     pub unsafe fn push(&mut self, node: NonNull<T>) {
         // SAFETY: contract: `node` is valid and its link ours.
         unsafe {
@@ -117,7 +111,6 @@ impl<T: Ordered> CompletionOrder<T> {
             None => self.head = Some(node),
         }
         self.tail = Some(node);
-        self.len += 1;
     }
 
     /// Records that the copy of `node` finished, successfully or not.
@@ -138,7 +131,6 @@ impl<T: Ordered> CompletionOrder<T> {
         let first = self.head;
         let mut last = None;
         let mut cur = self.head;
-        let mut n = 0;
         while let Some(c) = cur {
             // SAFETY: nodes stay valid while in the order (`push`).
             let l = unsafe { &*T::link(c).as_ptr() };
@@ -147,7 +139,6 @@ impl<T: Ordered> CompletionOrder<T> {
             }
             last = Some(c);
             cur = l.next;
-            n += 1;
         }
         let Some(last) = last else {
             return Ready { next: None };
@@ -158,7 +149,6 @@ impl<T: Ordered> CompletionOrder<T> {
         if cur.is_none() {
             self.tail = None;
         }
-        self.len -= n;
         Ready { next: first }
     }
 }
