@@ -1,8 +1,11 @@
-//! Chunk arithmetic: sectors to chunks and back, and the exception-table
-//! sizes upstream derives from the COW size (`init_hash_tables`).
+//! Chunk arithmetic: sectors to chunks and back, the exception-table
+//! sizes upstream derives from the COW size (`init_hash_tables`), and the
+//! complete table's hash shift.
 //!
 //! As upstream, chunk maths uses absolute sectors of the dm device (the
 //! targets assume `ti->begin == 0`, as LVM builds them).
+
+use super::exception_table::CHUNK_NUMBER_BITS;
 
 /// Chunk number (`chunk_t`): a chunk-sized unit of the origin or the COW.
 pub type Chunk = u64;
@@ -74,6 +77,28 @@ pub fn table_sizes(cow_sectors: u64, chunk_shift: u32, max_buckets: u64) -> (usi
     let complete = 1u64 << (63 - want.leading_zeros());
     let pending = (complete >> 3).max(64);
     (complete as usize, pending as usize)
+}
+
+/// Hash shift of the complete table for an origin of `origin_chunks` over
+/// `buckets` buckets: the smallest that spreads the origin's chunks over
+/// all buckets (`origin_chunks >> shift <= buckets`), at most 8.
+///
+/// Upstream always hashes `chunk >> 8` (`DM_CHUNK_CONSECUTIVE_BITS`), so
+/// that up to 256 consecutive chunks can merge into one entry: a run never
+/// leaves its group of `1 << shift` chunks, since all of a run must live in
+/// one bucket. But then only `origin_chunks / 256` buckets are ever used,
+/// however many were allocated: a 2 GiB origin of 4 KiB chunks uses 2,048
+/// of its 131,072, and randomly written chunks pile up to 256 entries per
+/// bucket, all walked by every lookup that misses (every first write of a
+/// chunk). With the smallest sufficient shift every bucket serves at most
+/// `1 << shift` chunks, and a sequentially filled snapshot still needs at
+/// most one entry per bucket (large origins keep upstream's 8).
+pub fn complete_hash_shift(origin_chunks: u64, buckets: u64) -> u32 {
+    let mut shift = 0;
+    while shift < 64 - CHUNK_NUMBER_BITS && origin_chunks >> shift > buckets {
+        shift += 1;
+    }
+    shift
 }
 
 /// Upstream caps the complete table at 2 MiB of bucket heads.

@@ -2,10 +2,12 @@
 //! bucket locked by bit 0 of its head word, as `hlist_bl` does.
 //!
 //! One [`ExceptionTable`] type serves both of a snapshot's tables, as in
-//! upstream's `dm-snap.c`: the complete table (`hash_shift` 8, entries kept
-//! sorted and merged into runs of consecutive chunks, the run length in the
-//! top 8 bits of `new_chunk`), and the pending table (`hash_shift` 0, no
-//! merging). The bucket lock is a [`BucketLock`]: the kernel module locks
+//! upstream's `dm-snap.c`: the complete table (a `hash_shift` of up to 8,
+//! entries kept sorted and merged into runs of consecutive chunks within a
+//! group of `1 << hash_shift`, the run length in the top 8 bits of
+//! `new_chunk`; upstream's shift is always 8, ours is
+//! [`complete_hash_shift`](super::chunk::complete_hash_shift)), and the
+//! pending table (`hash_shift` 0, no merging). The bucket lock is a [`BucketLock`]: the kernel module locks
 //! the head with `hlist_bl_lock()` (a bit spinlock, preemption off), the
 //! userspace tests with [`SpinBit`]. Entries are owned by the caller, which
 //! allocates them before taking a bucket lock and frees what the table hands
@@ -134,8 +136,11 @@ pub struct ExceptionTable<H: Deref<Target = [L::Head]>, L: BucketLock> {
 }
 
 impl<H: Deref<Target = [L::Head]>, L: BucketLock> ExceptionTable<H, L> {
-    /// A table over `heads`; `hash_shift` 8 makes a complete table (runs),
-    /// 0 a pending one. `None` unless the head count is a power of two.
+    /// A table over `heads`; a `hash_shift` above 0 (at most 8) makes a
+    /// complete table (sorted buckets, runs within a group of `1 <<
+    /// hash_shift` chunks), 0 a table without runs (pending; a complete
+    /// table whose buckets outnumber the origin's chunks, where no run
+    /// could form). `None` unless the head count is a power of two.
     pub fn new(heads: H, hash_shift: u32) -> Option<Self> {
         let n = heads.as_ref().len();
         if !n.is_power_of_two() {
@@ -280,7 +285,9 @@ impl<L: BucketLock> Locked<'_, L> {
         L::word(self.head).store(e as usize | L::LOCK_BITS, Ordering::Relaxed);
     }
 
-    /// The entry covering `chunk`, if any (only valid while locked).
+    /// The entry covering `chunk`, if any (only valid while locked). A
+    /// sorted bucket is walked only up to where `chunk` would be: upstream
+    /// walks all of it on a miss, the common case of an origin write.
     pub fn lookup(&self, chunk: Chunk) -> Option<NonNull<Exception>> {
         let mut p = self.first();
         while let Some(e) = NonNull::new(p) {
@@ -288,6 +295,10 @@ impl<L: BucketLock> Locked<'_, L> {
             let r = unsafe { e.as_ref() };
             if r.covers(chunk) {
                 return Some(e);
+            }
+            if self.merge && chunk < r.old_chunk {
+                // Runs are sorted and disjoint: none further on covers it.
+                return None;
             }
             p = r.next;
         }

@@ -18,7 +18,9 @@ use crate::bindings as sys;
 use crate::dm::kcopyd::{CopyJob, FullBio, Kcopyd, Region};
 use crate::dm::mempool::Mempool;
 use crate::dm::{BioList, OwnedBio, TableDev, TargetRef};
-use crate::logic::chunk::{table_sizes, Chunk, ChunkGeometry, MAX_TABLE_BYTES};
+use crate::logic::chunk::{
+    complete_hash_shift, table_sizes, Chunk, ChunkGeometry, MAX_TABLE_BYTES,
+};
 use crate::logic::completion_order::{CompletionOrder, OrderLink, Ordered};
 use crate::logic::exception_table::{
     Bucket, BucketLock, BucketPair, Exception, ExceptionTable, Locked,
@@ -255,7 +257,11 @@ impl Snap {
     pub(crate) fn new(a: SnapArgs) -> Result<Pin<KBox<Snap>>, SnapInitError> {
         let geometry = a.store.geometry();
         let (nc, np) = table_sizes(a.cow.nr_sectors(), geometry.shift(), MAX_TABLE_BYTES / 8);
-        let complete = new_table(nc, 8, kernel::static_lock_class!())
+        // The origin's chunks, a partial last one included.
+        let origin_chunks =
+            geometry.chunk_of(a.origin.nr_sectors() + u64::from(geometry.sectors()) - 1);
+        let shift = complete_hash_shift(origin_chunks, nc as u64);
+        let complete = new_table(nc, shift, kernel::static_lock_class!())
             .map_err(|_| SnapInitError::HashTables)?;
         let pending = new_table(np, 0, kernel::static_lock_class!())
             .map_err(|_| SnapInitError::HashTables)?;

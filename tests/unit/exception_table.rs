@@ -1,7 +1,7 @@
 //! Userspace tests of the exception tables and chunk arithmetic, including
 //! concurrent use of the bit-locked buckets from several threads.
 
-use dm_snap_logic::chunk::{table_sizes, ChunkGeometry, MAX_TABLE_BYTES};
+use dm_snap_logic::chunk::{complete_hash_shift, table_sizes, ChunkGeometry, MAX_TABLE_BYTES};
 use dm_snap_logic::exception_table::{BucketLock, Exception, ExceptionTable, SpinBit};
 use std::ptr::NonNull;
 use std::sync::atomic::AtomicUsize;
@@ -300,4 +300,70 @@ fn lock_beside_the_word_variant_from_threads() {
     // How many runs remain depends on the interleaving: not more entries
     // than inserted, not fewer than one per 256-chunk group.
     assert!((12000 / 256..=12000).contains(&n), "{n}");
+}
+
+#[test]
+fn complete_hash_shift_spreads_the_origin_over_all_buckets() {
+    // Origin no larger than the table: no shift, a bucket per chunk.
+    assert_eq!(complete_hash_shift(1000, 1024), 0);
+    assert_eq!(complete_hash_shift(1024, 1024), 0);
+    // The benchmark's 2 GiB origin (4 KiB chunks) over 262144 buckets.
+    assert_eq!(complete_hash_shift(528_384, 262_144), 2);
+    // Large origins keep upstream's 8 (runs of up to 256 chunks).
+    assert_eq!(complete_hash_shift(1 << 40, 131_072), 8);
+    for (chunks, buckets) in [(5000u64, 64u64), (1 << 20, 4096), (3 << 17, 1 << 17)] {
+        let s = complete_hash_shift(chunks, buckets);
+        assert!(chunks >> s <= buckets && (s == 0 || chunks >> (s - 1) > buckets));
+    }
+}
+
+/// Random and sequential inserts at every shift: every chunk maps to the COW
+/// chunk it was given, runs never leave their group, a miss stays a miss, and
+/// a sequential fill needs one entry per group.
+#[test]
+fn any_shift_keeps_lookups_and_runs_right() {
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    let mut rnd = |n: u64| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x % n
+    };
+    for shift in 0..=8u32 {
+        let mut t = table(64, shift);
+        // Random old chunks, COW chunks in allocation order (so that
+        // neighbours written in turn form runs).
+        let mut map = std::collections::HashMap::new();
+        let mut next_cow = 7u64;
+        while map.len() < 3000 {
+            let o = rnd(8192);
+            if map.contains_key(&o) {
+                continue;
+            }
+            map.insert(o, next_cow);
+            insert_all(&t, &[(o, next_cow)]);
+            next_cow += 1;
+            // Now and then the next chunk too, as a sequential writer would.
+            if rnd(4) == 0 && !map.contains_key(&(o + 1)) {
+                map.insert(o + 1, next_cow);
+                insert_all(&t, &[(o + 1, next_cow)]);
+                next_cow += 1;
+            }
+        }
+        for c in 0..8200u64 {
+            assert_eq!(
+                lookup(&t, c),
+                map.get(&c).copied(),
+                "shift {shift} chunk {c}"
+            );
+        }
+        free_all(&mut t);
+        let mut t = table(64, shift);
+        let pairs: Vec<_> = (0..2048u64).map(|c| (c, c + 9)).collect();
+        insert_all(&t, &pairs);
+        for c in 0..2048 {
+            assert_eq!(lookup(&t, c), Some(c + 9));
+        }
+        assert_eq!(free_all(&mut t), (2048 >> shift) as usize, "shift {shift}");
+    }
 }
