@@ -91,7 +91,7 @@ pub fn table_sizes(cow_sectors: u64, chunk_shift: u32, max_buckets: u64) -> (usi
 /// of its 131,072, and randomly written chunks pile up to 256 entries per
 /// bucket, all walked by every lookup that misses (every first write of a
 /// chunk). With the smallest sufficient shift every bucket serves at most
-/// `1 << shift` chunks, and a sequentially filled snapshot still needs at
+/// `1 << shift` chunks, and below 8 a sequentially filled snapshot needs at
 /// most one entry per bucket (large origins keep upstream's 8).
 pub fn complete_hash_shift(origin_chunks: u64, buckets: u64) -> u32 {
     let mut shift = 0;

@@ -7,9 +7,9 @@
 //! group of `1 << hash_shift`, the run length in the top 8 bits of
 //! `new_chunk`; upstream's shift is always 8, ours is
 //! [`complete_hash_shift`](super::chunk::complete_hash_shift)), and the
-//! pending table (`hash_shift` 0, no merging). The bucket lock is a [`BucketLock`]: the kernel module locks
-//! the head with `hlist_bl_lock()` (a bit spinlock, preemption off), the
-//! userspace tests with [`SpinBit`]. Entries are owned by the caller, which
+//! pending table (`hash_shift` 0, no merging). The bucket lock is a
+//! [`BucketLock`]: the kernel module locks the head with `hlist_bl_lock()`
+//! (a bit spinlock, preemption off), the userspace tests with [`SpinBit`]. Entries are owned by the caller, which
 //! allocates them before taking a bucket lock and frees what the table hands
 //! back after dropping it, so no allocation ever happens under the lock.
 
