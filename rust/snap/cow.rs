@@ -580,18 +580,18 @@ impl Snap {
             unsafe { self.free_pending(pe) };
             return None;
         };
-        // SAFETY: `pe` is ours and in no table or order yet; it stays valid
-        // until `pending_complete` removes it from the table and frees it,
-        // which happens after `copy_done` took it out of the order.
-        unsafe {
-            (*pe.as_ptr()).e.new_chunk = c;
-            if let Some(p) = st.exc.pio.as_ref() {
-                a.order.push(pe);
-                p.prepared();
-            }
+        // SAFETY: `pe` is ours and in no table or order yet.
+        unsafe { (*pe.as_ptr()).e.new_chunk = c };
+        if let Some(p) = st.exc.pio.as_ref() {
+            // SAFETY: `pe` is in no order; it stays valid until
+            // `pending_complete` frees it, after `copy_done` took it out of
+            // the order.
+            unsafe { a.order.push(pe) };
+            p.prepared();
         }
         drop(a);
-        // SAFETY: as above.
+        // SAFETY: `pe` is in no table; it stays valid until
+        // `pending_complete` removes it and frees it.
         let _ = unsafe { locks.pending_mut().insert(pe.cast::<Exception>()) };
         Some(pe)
     }
