@@ -44,17 +44,19 @@ for line in open(raw, errors="replace"):
 A = "base" if any(k[3] == "base" for k in runs) else "c"
 AN = "base" if A == "base" else "C"
 
-base_rows = ["origin-cow", "origin-rewrite", "snap-write", "snap-read"]
+base_rows = ["origin-only", "origin-cow", "origin-rewrite", "snap-write", "snap-read"]
 rows = [r for b in base_rows for r in sorted({k[0] for k in runs}) if r == b or r.startswith(b + "/")]
 keys = sorted({(k[1], k[2]) for k in runs})
 out = []
+tally = [0, 0]  # write rows: rounds rs won, rounds
 print(f"# dm_snap_rs vs {'an earlier dm_snap_rs' if A == 'base' else 'C dm-snapshot.ko'}, 4 KiB random I/O ({machine})")
-print(f"# IOPS: median [min-max] over all runs; ratio rs/{AN}: median of per-round ratios [min-max]")
+print(f"# IOPS: median [min-max] over all runs; ratio rs/{AN}: median of per-round ratios [min-max];"
+      f" won: rounds in which rs had the higher IOPS, of all rounds")
 def spread(v):
     return f"{med(v):.0f} [{min(v):.0f}-{max(v):.0f}]"
 
 hdr = (f"{'row':<17}{'engine':<7}{'jobs':>4} {AN + ' IOPS':>22} {'rs IOPS':>22} {'rs/' + AN:>17} {'p99 ' + AN + ' us':>9}"
-       f" {'p99 rs':>8} {'p99 rs/' + AN:>8}")
+       f" {'p99 rs':>8} {'p99 rs/' + AN:>8} {'won':>5}")
 print(hdr)
 for eng, jobs in keys:
     base = runs.get(("raw", eng, jobs, "-"), [])
@@ -76,12 +78,19 @@ for eng, jobs in keys:
         pr = [rp[k] / cp[k] for k in cp if k in rp and cp[k] > 0]
         c99, r99 = med([x[3] for x in c]), med([x[3] for x in r])
         rat = f"{med(ratios):.2f} [{min(ratios):.2f}-{max(ratios):.2f}]" if ratios else "n/a"
-        print(f"{row:<17}{eng:<7}{jobs:>4} {spread(ci):>22} {spread(ri):>22} {rat:>17} {c99:>9.0f} {r99:>8.0f} {med(pr) if pr else float('nan'):>8.2f}")
+        won = sum(x > 1 for x in ratios)
+        if row.split("/")[0] in ("origin-cow", "origin-rewrite", "snap-write"):
+            tally[0] += won
+            tally[1] += len(ratios)
+        print(f"{row:<17}{eng:<7}{jobs:>4} {spread(ci):>22} {spread(ri):>22} {rat:>17} {c99:>9.0f} {r99:>8.0f}"
+              f" {med(pr) if pr else float('nan'):>8.2f} {f'{won}/{len(ratios)}':>5}")
         for drv, v in ((A, c), ("rs", r)):
             iops = [x[1] for x in v]
             out.append([row, eng, jobs, drv, len(v), med(iops), min(iops), max(iops), med([x[2] for x in v]), med([x[3] for x in v]),
                         f"{med(ratios):.3f}" if ratios else "", f"{min(ratios):.3f}" if ratios else "", f"{max(ratios):.3f}" if ratios else ""])
 
+if tally[1]:
+    print(f"# snapshot write rows (origin-cow, origin-rewrite, snap-write): rs had the higher IOPS in {tally[0]} of {tally[1]} rounds")
 print("# memory: per completed exception (slab object size, a randomly written chunk):"
       f" C {slab.get('C', '?')} B, dm_snap_rs {slab.get('rs', '?')} B;"
       " per complete-table bucket head: C 6.12.117 16 B (hlist_head + spinlock_t), dm_snap_rs 8 B"

@@ -5,7 +5,8 @@
 # Rows: raw null_blk, dm-linear, and for each driver (C dm-snapshot.ko and
 # dm_snap_rs.ko, loaded in turn, rounds ordered A B B A): origin writes that
 # trigger copy-on-write, origin re-writes of copied chunks, snapshot writes,
-# snapshot reads. Prints one "RESULT round driver row engine jobs iops p50 p99" line per run.
+# snapshot reads; and the origin target without a snapshot. Prints one
+# "RESULT round driver row engine jobs iops p50 p99" line per run.
 # Origin COW and snapshot writes are first-touch runs over REGION_MB per job;
 # the others repeat over PERJOB_MB per job (see fiorun.sh).
 . /payload/tests/vm/lib.sh
@@ -50,6 +51,14 @@ run() {
 	mkorigin; mksnap
 	[ $1 = origin-rewrite ] && precopy $j
 	result $r $drv $1$sfx $eng $j $(fiorun /dev/mapper/$2 $3 $eng $j ${4:-})
+	rmall
+}
+# The origin target with no snapshot (round r, driver drv, engine eng, jobs
+# j from the loop): the origin's own cost, the floor of an origin rewrite.
+only() {
+	want origin-only || return 0
+	mkorigin
+	result $r $drv origin-only $eng $j $(fiorun /dev/mapper/bo randwrite $eng $j)
 	rmall
 }
 CS=/sys/devices/system/clocksource/clocksource0/current_clocksource
@@ -142,6 +151,8 @@ while [ $r -lt $ROUNDS ]; do
 		load $drv
 		for eng in psync libaio; do
 			j=1; while [ $j -le $SMP ]; do
+				# Store-independent: with the first store only.
+				[ "$STORE" = "${STORES%% *}" ] && only
 				run origin-cow bo randwrite first
 				run origin-rewrite bo randwrite
 				run snap-write bs randwrite first
