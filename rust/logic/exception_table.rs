@@ -9,9 +9,10 @@
 //! [`complete_hash_shift`](super::chunk::complete_hash_shift)), and the
 //! pending table (`hash_shift` 0, no merging). The bucket lock is a
 //! [`BucketLock`]: the kernel module locks the head with `hlist_bl_lock()`
-//! (a bit spinlock, preemption off), the userspace tests with [`SpinBit`]. Entries are owned by the caller, which
-//! allocates them before taking a bucket lock and frees what the table hands
-//! back after dropping it, so no allocation ever happens under the lock.
+//! (a bit spinlock, preemption off), the userspace tests with [`SpinBit`].
+//! Entries are owned by the caller, which allocates them before taking a
+//! bucket lock and frees what the table hands back after dropping it, so no
+//! allocation ever happens under the lock.
 
 use super::chunk::Chunk;
 use core::marker::PhantomData;

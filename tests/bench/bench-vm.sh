@@ -63,7 +63,8 @@ only() {
 }
 CS=/sys/devices/system/clocksource/clocksource0/current_clocksource
 echo "CLOCKSOURCE start $(cat $CS)"
-# ROWS (scripts/bench --rows) limits the snapshot rows run; all by default.
+# ROWS (scripts/bench --rows) limits the rows run (origin-only and the
+# snapshot rows; the floors always run); all by default.
 want() { [ -z "${ROWS:-}" ] || case " $ROWS " in *" $1 "*) true ;; *) false ;; esac; }
 mkorigin() { echo "0 $SECT snapshot-origin $ORIG" | dmsetup create bo; }
 mksnap() {
