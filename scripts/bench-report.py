@@ -6,24 +6,41 @@ completion latency in microseconds). For each row the drivers' medians are
 compared round by round (each round runs C, Rust, Rust, C), so the ratio's
 spread shows the noise. With scripts/bench --baseline the other driver is an
 earlier dm_snap_rs ("base") instead of C.
+
+RAW may name several raw files separated by commas (runs of several boots);
+their rounds are kept apart, and the rows of a boot of one store get its
+name (its STORES line), as in a boot of several. (A boot of N alone has a
+COW without memory backing, one of "N P" a memory-backed one.) The pooled lines at the end give, per row and
+engine over all job counts and rounds, the geometric mean of the per-round
+ratios with a 95 % bootstrap interval (rounds resampled, fixed seed): where
+that interval holds 1.0 the two drivers cannot be told apart on this machine.
 """
 import csv
+import math
+import random
 import statistics as st
 import sys
 from collections import defaultdict
 
 raw, prefix, machine = sys.argv[1], sys.argv[2], sys.argv[3]
 runs = defaultdict(list)  # (row, engine, jobs, driver) -> [(round, iops, p50, p99)]
-for line in open(raw, errors="replace"):
-    f = line.split()
-    if len(f) < 9 or f[0] != "RESULT":
-        continue
-    try:
-        r, drv, row, eng, jobs = int(f[1]), f[2], f[3], f[4], int(f[5])
-        iops, p50, p99 = float(f[6]), float(f[7]), float(f[8])
-    except ValueError:
-        continue
-    runs[(row, eng, jobs, drv)].append((r, iops, p50, p99))
+raws = raw.split(",")
+for boot, path in enumerate(raws):
+    single = ""  # a boot of one store names its rows without it: add it back to pool boots
+    for line in open(path, errors="replace"):
+        f = line.split()
+        if len(f) == 2 and f[0] == "STORES" and len(raws) > 1:
+            single = "/" + f[1]
+        if len(f) < 9 or f[0] != "RESULT":
+            continue
+        if single and "/" not in f[3] and f[3] not in ("raw", "linear", "origin-only"):
+            f[3] += single
+        try:
+            r, drv, row, eng, jobs = int(f[1]), f[2], f[3], f[4], int(f[5])
+            iops, p50, p99 = float(f[6]), float(f[7]), float(f[8])
+        except ValueError:
+            continue
+        runs[(row, eng, jobs, drv)].append((boot * 1000 + r, iops, p50, p99))
 
 def med(v):
     return st.median(v) if v else float("nan")
@@ -35,10 +52,11 @@ def per_round(key, idx):
     return {r: med(v) for r, v in d.items()}
 
 slab = {}
-for line in open(raw, errors="replace"):
-    f = line.split()
-    if len(f) >= 5 and f[0] == "SLAB" and f[4].isdigit():
-        slab[f[1]] = int(f[4])
+for path in raws:
+    for line in open(path, errors="replace"):
+        f = line.split()
+        if len(f) >= 5 and f[0] == "SLAB" and f[4].isdigit():
+            slab[f[1]] = int(f[4])
 
 # The driver dm_snap_rs is compared with: C, or an earlier build of itself.
 A = "base" if any(k[3] == "base" for k in runs) else "c"
@@ -48,6 +66,7 @@ base_rows = ["origin-only", "origin-cow", "origin-rewrite", "snap-write", "snap-
 rows = [r for b in base_rows for r in sorted({k[0] for k in runs}) if r == b or r.startswith(b + "/")]
 keys = sorted({(k[1], k[2]) for k in runs})
 out = []
+pooled = defaultdict(list)  # (row, engine) -> per-round IOPS ratios over all job counts
 tally = [0, 0]  # write rows: rounds rs won, rounds
 print(f"# dm_snap_rs vs {'an earlier dm_snap_rs' if A == 'base' else 'C dm-snapshot.ko'}, 4 KiB random I/O ({machine})")
 print(f"# IOPS: median [min-max] over all runs; ratio rs/{AN}: median of per-round ratios [min-max];"
@@ -79,6 +98,7 @@ for eng, jobs in keys:
         c99, r99 = med([x[3] for x in c]), med([x[3] for x in r])
         rat = f"{med(ratios):.2f} [{min(ratios):.2f}-{max(ratios):.2f}]" if ratios else "n/a"
         won = sum(x > 1 for x in ratios)
+        pooled[(row, eng)] += ratios
         if row.split("/")[0] in ("origin-cow", "origin-rewrite", "snap-write"):
             tally[0] += won
             tally[1] += len(ratios)
@@ -91,6 +111,25 @@ for eng, jobs in keys:
 
 if tally[1]:
     print(f"# snapshot write rows (origin-cow, origin-rewrite, snap-write): rs had the higher IOPS in {tally[0]} of {tally[1]} rounds")
+def geo(v):
+    return math.exp(sum(math.log(x) for x in v) / len(v))
+
+def boot_ci(v, n=2000):
+    rnd = random.Random(1)
+    g = sorted(geo([rnd.choice(v) for _ in v]) for _ in range(n))
+    return g[int(0.025 * n)], g[int(0.975 * n) - 1]
+
+write_rows = ("origin-cow", "origin-rewrite", "snap-write")
+if pooled:
+    print(f"# pooled over job counts and rounds{f' of {len(raws)} boots' if len(raws) > 1 else ''}:"
+          f" geometric mean of per-round IOPS ratios rs/{AN} [95 % bootstrap interval]")
+    groups = [((row, eng), v) for row in rows for eng in sorted({k[0] for k in keys}) if (v := pooled.get((row, eng)))]
+    allw = [x for (row, _), v in groups if row.split("/")[0] in write_rows for x in v]
+    for (row, eng), v in groups + ([(("write rows", "all"), allw)] if allw else []):
+        lo, hi = boot_ci(v)
+        verdict = "faster" if lo > 1 else "slower" if hi < 1 else "indistinguishable"
+        print(f"#   {row:<20}{eng:<7} {geo(v):.3f} [{lo:.3f}-{hi:.3f}] n={len(v):<3} won {sum(x > 1 for x in v)}/{len(v)}"
+              f"  rs {verdict}")
 print("# memory: per completed exception (slab object size, a randomly written chunk):"
       f" C {slab.get('C', '?')} B, dm_snap_rs {slab.get('rs', '?')} B;"
       " per complete-table bucket head: C 6.12.117 16 B (hlist_head + spinlock_t), dm_snap_rs 8 B"

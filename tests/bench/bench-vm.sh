@@ -63,6 +63,7 @@ only() {
 }
 CS=/sys/devices/system/clocksource/clocksource0/current_clocksource
 echo "CLOCKSOURCE start $(cat $CS)"
+echo "STORES $STORES"
 # ROWS (scripts/bench --rows) limits the rows run (origin-only and the
 # snapshot rows; the floors always run); all by default.
 want() { [ -z "${ROWS:-}" ] || case " $ROWS " in *" $1 "*) true ;; *) false ;; esac; }
