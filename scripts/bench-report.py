@@ -67,6 +67,7 @@ rows = [r for b in base_rows for r in sorted({k[0] for k in runs}) if r == b or 
 keys = sorted({(k[1], k[2]) for k in runs})
 out = []
 pooled = defaultdict(list)  # (row, engine) -> per-round IOPS ratios over all job counts
+pooled99 = defaultdict(list)  # the same for p99 latency
 tally = [0, 0]  # write rows: rounds rs won, rounds
 print(f"# dm_snap_rs vs {'an earlier dm_snap_rs' if A == 'base' else 'C dm-snapshot.ko'}, 4 KiB random I/O ({machine})")
 print(f"# IOPS: median [min-max] over all runs; ratio rs/{AN}: median of per-round ratios [min-max];"
@@ -99,6 +100,7 @@ for eng, jobs in keys:
         rat = f"{med(ratios):.2f} [{min(ratios):.2f}-{max(ratios):.2f}]" if ratios else "n/a"
         won = sum(x > 1 for x in ratios)
         pooled[(row, eng)] += ratios
+        pooled99[(row, eng)] += pr
         if row.split("/")[0] in ("origin-cow", "origin-rewrite", "snap-write"):
             tally[0] += won
             tally[1] += len(ratios)
@@ -122,14 +124,18 @@ def boot_ci(v, n=2000):
 write_rows = ("origin-cow", "origin-rewrite", "snap-write")
 if pooled:
     print(f"# pooled over job counts and rounds{f' of {len(raws)} boots' if len(raws) > 1 else ''}:"
-          f" geometric mean of per-round IOPS ratios rs/{AN} [95 % bootstrap interval]")
+          f" geometric mean of per-round IOPS ratios rs/{AN} [95 % bootstrap interval],"
+          f" and of p99 latency ratios (below 1: rs lower)")
     groups = [((row, eng), v) for row in rows for eng in sorted({k[0] for k in keys}) if (v := pooled.get((row, eng)))]
     allw = [x for (row, _), v in groups if row.split("/")[0] in write_rows for x in v]
+    allp = [x for (row, eng), _ in groups if row.split("/")[0] in write_rows for x in pooled99[(row, eng)]]
     for (row, eng), v in groups + ([(("write rows", "all"), allw)] if allw else []):
         lo, hi = boot_ci(v)
         verdict = "faster" if lo > 1 else "slower" if hi < 1 else "indistinguishable"
-        print(f"#   {row:<20}{eng:<7} {geo(v):.3f} [{lo:.3f}-{hi:.3f}] n={len(v):<3} won {sum(x > 1 for x in v)}/{len(v)}"
-              f"  rs {verdict}")
+        p = allp if eng == "all" else pooled99[(row, eng)]
+        p99 = f"p99 {geo(p):.3f} [{boot_ci(p)[0]:.3f}-{boot_ci(p)[1]:.3f}]" if p else ""
+        print(f"#   {row:<20}{eng:<7} {geo(v):.3f} [{lo:.3f}-{hi:.3f}] n={len(v):<3} won {sum(x > 1 for x in v):>3}/{len(v):<3}"
+              f" rs {verdict:<17} {p99}")
 print("# memory: per completed exception (slab object size, a randomly written chunk):"
       f" C {slab.get('C', '?')} B, dm_snap_rs {slab.get('rs', '?')} B;"
       " per complete-table bucket head: C 6.12.117 16 B (hlist_head + spinlock_t), dm_snap_rs 8 B"
