@@ -12,12 +12,12 @@ their rounds are kept apart, and the rows of a boot of one store get its
 name (its STORES line), as in a boot of several. (A boot of N alone has a
 COW without memory backing, one of "N P" a memory-backed one.) The pooled lines at the end give, per row and
 engine over all job counts and rounds, the geometric mean of the per-round
-ratios with a 95 % bootstrap interval (rounds resampled, fixed seed): where
-that interval holds 1.0 the two drivers cannot be told apart on this machine.
+ratios with a 95 % interval (Student's t on the logs of the ratios): where that
+interval holds 1.0 the two drivers cannot be told apart. Rounds of one
+boot share its conditions, so one boot's interval is too narrow; pool boots.
 """
 import csv
 import math
-import random
 import statistics as st
 import sys
 from collections import defaultdict
@@ -116,24 +116,34 @@ if tally[1]:
 def geo(v):
     return math.exp(sum(math.log(x) for x in v) / len(v))
 
-def boot_ci(v, n=2000):
-    rnd = random.Random(1)
-    g = sorted(geo([rnd.choice(v) for _ in v]) for _ in range(n))
-    return g[int(0.025 * n)], g[int(0.975 * n) - 1]
+# Student's t, 97.5 % quantile, by degrees of freedom (the largest listed
+# at or below the actual ones: conservative).
+T975 = [(1, 12.71), (2, 4.30), (3, 3.18), (4, 2.78), (5, 2.57), (6, 2.45), (7, 2.36), (8, 2.31), (9, 2.26),
+        (10, 2.23), (12, 2.18), (15, 2.13), (20, 2.09), (30, 2.04), (60, 2.00), (120, 1.98)]
+
+def t_ci(v):
+    """95 % interval of the geometric mean: a t interval on the log ratios."""
+    if len(v) < 2:
+        return float("nan"), float("nan")
+    logs = [math.log(x) for x in v]
+    t = [q for df, q in T975 if df <= len(v) - 1][-1]
+    h = t * st.stdev(logs) / math.sqrt(len(v))
+    m = st.mean(logs)
+    return math.exp(m - h), math.exp(m + h)
 
 write_rows = ("origin-cow", "origin-rewrite", "snap-write")
 if pooled:
     print(f"# pooled over job counts and rounds{f' of {len(raws)} boots' if len(raws) > 1 else ''}:"
-          f" geometric mean of per-round IOPS ratios rs/{AN} [95 % bootstrap interval],"
+          f" geometric mean of per-round IOPS ratios rs/{AN} [95 % t interval],"
           f" and of p99 latency ratios (below 1: rs lower)")
     groups = [((row, eng), v) for row in rows for eng in sorted({k[0] for k in keys}) if (v := pooled.get((row, eng)))]
     allw = [x for (row, _), v in groups if row.split("/")[0] in write_rows for x in v]
     allp = [x for (row, eng), _ in groups if row.split("/")[0] in write_rows for x in pooled99[(row, eng)]]
     for (row, eng), v in groups + ([(("write rows", "all"), allw)] if allw else []):
-        lo, hi = boot_ci(v)
+        lo, hi = t_ci(v)
         verdict = "faster" if lo > 1 else "slower" if hi < 1 else "indistinguishable"
         p = allp if eng == "all" else pooled99[(row, eng)]
-        p99 = f"p99 {geo(p):.3f} [{boot_ci(p)[0]:.3f}-{boot_ci(p)[1]:.3f}]" if p else ""
+        p99 = f"p99 {geo(p):.3f} [{t_ci(p)[0]:.3f}-{t_ci(p)[1]:.3f}]" if p else ""
         print(f"#   {row:<20}{eng:<7} {geo(v):.3f} [{lo:.3f}-{hi:.3f}] n={len(v):<3} won {sum(x > 1 for x in v):>3}/{len(v):<3}"
               f" rs {verdict:<17} {p99}")
 print("# memory: per completed exception (slab object size, a randomly written chunk):"
