@@ -10,11 +10,13 @@ earlier dm_snap_rs ("base") instead of C.
 RAW may name several raw files separated by commas (runs of several boots);
 their rounds are kept apart, and the rows of a boot of one store get its
 name (its STORES line), as in a boot of several. (A boot of N alone has a
-COW without memory backing, one of "N P" a memory-backed one.) The pooled lines at the end give, per row and
-engine over all job counts and rounds, the geometric mean of the per-round
-ratios with a 95 % interval (Student's t on the logs of the ratios): where that
-interval holds 1.0 the two drivers cannot be told apart. Rounds of one
-boot share its conditions, so one boot's interval is too narrow; pool boots.
+COW without memory backing, one of "N P" a memory-backed one.)
+
+The pooled lines at the end give, per row and engine over all job counts
+and rounds, the geometric mean of the per-round ratios with a 95 %
+interval (Student's t on the logs of the ratios): where that interval
+holds 1.0 the two drivers cannot be told apart. Rounds of one boot share
+its conditions, so one boot's interval is too narrow; pool boots.
 """
 import csv
 import math
@@ -44,6 +46,27 @@ for boot, path in enumerate(raws):
 
 def med(v):
     return st.median(v) if v else float("nan")
+
+def geo(v):
+    return math.exp(sum(math.log(x) for x in v) / len(v))
+
+# Student's t, 97.5 % quantile, by degrees of freedom (the largest listed
+# at or below the actual ones: conservative).
+T975 = [(1, 12.71), (2, 4.30), (3, 3.18), (4, 2.78), (5, 2.57), (6, 2.45), (7, 2.36), (8, 2.31), (9, 2.26),
+        (10, 2.23), (12, 2.18), (15, 2.13), (20, 2.09), (30, 2.04), (60, 2.00), (120, 1.98)]
+
+def t_ci(v):
+    """95 % interval of the geometric mean: a t interval on the log ratios."""
+    if len(v) < 2:
+        return float("nan"), float("nan")
+    logs = [math.log(x) for x in v]
+    t = [q for df, q in T975 if df <= len(v) - 1][-1]
+    h = t * st.stdev(logs) / math.sqrt(len(v))
+    m = st.mean(logs)
+    return math.exp(m - h), math.exp(m + h)
+
+# The rows the goal is about: snapshot writes of every kind.
+write_rows = ("origin-cow", "origin-rewrite", "snap-write")
 
 def per_round(key, idx):
     d = defaultdict(list)
@@ -101,7 +124,7 @@ for eng, jobs in keys:
         won = sum(x > 1 for x in ratios)
         pooled[(row, eng)] += ratios
         pooled99[(row, eng)] += pr
-        if row.split("/")[0] in ("origin-cow", "origin-rewrite", "snap-write"):
+        if row.split("/")[0] in write_rows:
             tally[0] += won
             tally[1] += len(ratios)
         print(f"{row:<17}{eng:<7}{jobs:>4} {spread(ci):>22} {spread(ri):>22} {rat:>17} {c99:>9.0f} {r99:>8.0f}"
@@ -113,25 +136,6 @@ for eng, jobs in keys:
 
 if tally[1]:
     print(f"# snapshot write rows (origin-cow, origin-rewrite, snap-write): rs had the higher IOPS in {tally[0]} of {tally[1]} rounds")
-def geo(v):
-    return math.exp(sum(math.log(x) for x in v) / len(v))
-
-# Student's t, 97.5 % quantile, by degrees of freedom (the largest listed
-# at or below the actual ones: conservative).
-T975 = [(1, 12.71), (2, 4.30), (3, 3.18), (4, 2.78), (5, 2.57), (6, 2.45), (7, 2.36), (8, 2.31), (9, 2.26),
-        (10, 2.23), (12, 2.18), (15, 2.13), (20, 2.09), (30, 2.04), (60, 2.00), (120, 1.98)]
-
-def t_ci(v):
-    """95 % interval of the geometric mean: a t interval on the log ratios."""
-    if len(v) < 2:
-        return float("nan"), float("nan")
-    logs = [math.log(x) for x in v]
-    t = [q for df, q in T975 if df <= len(v) - 1][-1]
-    h = t * st.stdev(logs) / math.sqrt(len(v))
-    m = st.mean(logs)
-    return math.exp(m - h), math.exp(m + h)
-
-write_rows = ("origin-cow", "origin-rewrite", "snap-write")
 if pooled:
     print(f"# pooled over job counts and rounds{f' of {len(raws)} boots' if len(raws) > 1 else ''}:"
           f" geometric mean of per-round IOPS ratios rs/{AN} [95 % t interval],"
