@@ -24,6 +24,8 @@ import statistics as st
 import sys
 from collections import defaultdict
 
+if len(sys.argv) != 4:
+    sys.exit("usage: bench-report.py RAW[,RAW...] OUT_PREFIX MACHINE_TEXT")
 raw, prefix, machine = sys.argv[1], sys.argv[2], sys.argv[3]
 runs = defaultdict(list)  # (row, engine, jobs, driver) -> [(round, iops, p50, p99)]
 raws = raw.split(",")
