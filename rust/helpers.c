@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0
 /* C helpers for dm_snap_rs: see helpers.h. */
 #include <linux/delay.h>
+#include <linux/lockdep.h>
 #include <linux/moduleparam.h>
 #include <linux/percpu.h>
 #include <linux/sched/clock.h>
@@ -48,10 +49,44 @@ unsigned int dmsr_bdev_logical_block_size(struct block_device *bdev)
 	return bdev_logical_block_size(bdev);
 }
 
+/*
+ * Bucket bit locks as lockdep sees them. A bit spinlock has no lockdep map
+ * of its own, so on CONFIG_DEBUG_LOCK_ALLOC kernels each exception table
+ * gets one (one lock class per kind of table, from a static key): acquired
+ * before spinning for the bit, released after clearing it, so an order
+ * inversion between bucket locks, the rwsems and kcopyd's locks is
+ * reported like any other. The map is declared LD_WAIT_CONFIG (a
+ * spinlock_t), which is what the non-RT bucket lock stands in for;
+ * PREEMPT_RT kernels use real spinlocks instead (rust/sync/bitlock.rs).
+ */
+void dmsr_bl_class_init(struct lockdep_map *map, const char *name,
+			struct lock_class_key *key)
+{
+#ifdef CONFIG_DEBUG_LOCK_ALLOC
+	lockdep_init_map_wait(map, name, key, 0, LD_WAIT_CONFIG);
+#endif
+}
+
+static __always_inline void dmsr_bl_acquire(struct lockdep_map *map)
+{
+#ifdef CONFIG_DEBUG_LOCK_ALLOC
+	if (map)
+		lock_acquire_exclusive(map, 0, 0, NULL, _RET_IP_);
+#endif
+}
+
+static __always_inline void dmsr_bl_release(struct lockdep_map *map)
+{
+#ifdef CONFIG_DEBUG_LOCK_ALLOC
+	if (map)
+		lock_release(map, _RET_IP_);
+#endif
+}
+
 #ifdef CONFIG_LOCK_STAT
 /*
- * Bit spinlocks have no lockdep map, so /proc/lock_stat cannot see the
- * bucket locks. On a CONFIG_LOCK_STAT kernel (scripts/bench --lockstat)
+ * lock_stat sees the bucket locks through their lockdep maps only as
+ * acquisitions. On a CONFIG_LOCK_STAT kernel (scripts/bench --lockstat)
  * the module counts them itself: acquisitions, contended acquisitions (the
  * bit was taken when we tried) and the time spent spinning for them, read
  * from /sys/module/dm_snap_rs/parameters/bucket_lock_stats as
@@ -63,7 +98,7 @@ struct dmsr_bl_stat {
 };
 static DEFINE_PER_CPU(struct dmsr_bl_stat, dmsr_bl_stats);
 
-void dmsr_hlist_bl_lock(struct hlist_bl_head *b)
+static void dmsr_bl_take(struct hlist_bl_head *b)
 {
 	u64 t0;
 
@@ -110,28 +145,62 @@ module_param_cb(bucket_lock_stats, &dmsr_bl_stats_ops, NULL, 0644);
 MODULE_PARM_DESC(bucket_lock_stats,
 		 "Bucket bit-lock acquisitions, contentions, wait ns (CONFIG_LOCK_STAT kernels)");
 #else
-void dmsr_hlist_bl_lock(struct hlist_bl_head *b)
+static __always_inline void dmsr_bl_take(struct hlist_bl_head *b)
 {
 	hlist_bl_lock(b);
 }
 #endif
 
-void dmsr_hlist_bl_unlock(struct hlist_bl_head *b)
+void dmsr_hlist_bl_lock(struct hlist_bl_head *b, struct lockdep_map *map)
 {
-	hlist_bl_unlock(b);
+	dmsr_bl_acquire(map);
+	dmsr_bl_take(b);
 }
 
-void dmsr_hlist_bl_lock2(struct hlist_bl_head *a, struct hlist_bl_head *b)
-{
-	dmsr_hlist_bl_lock(a);
-	dmsr_hlist_bl_lock(b);
-}
-
-void dmsr_hlist_bl_unlock2(struct hlist_bl_head *a, struct hlist_bl_head *b)
+void dmsr_hlist_bl_unlock(struct hlist_bl_head *b, struct lockdep_map *map)
 {
 	hlist_bl_unlock(b);
+	dmsr_bl_release(map);
+}
+
+void dmsr_hlist_bl_lock2(struct hlist_bl_head *a, struct lockdep_map *ma,
+			 struct hlist_bl_head *b, struct lockdep_map *mb)
+{
+	dmsr_bl_acquire(ma);
+	dmsr_bl_take(a);
+	dmsr_bl_acquire(mb);
+	dmsr_bl_take(b);
+}
+
+void dmsr_hlist_bl_unlock2(struct hlist_bl_head *a, struct lockdep_map *ma,
+			   struct hlist_bl_head *b, struct lockdep_map *mb)
+{
+	hlist_bl_unlock(b);
+	dmsr_bl_release(mb);
 	hlist_bl_unlock(a);
+	dmsr_bl_release(ma);
 }
+
+#ifdef CONFIG_DEBUG_LOCK_ALLOC
+/*
+ * Test only (make check's harness self-test): writing 1 takes a complete
+ * and a pending bucket in upstream's order, then in the reverse order, so
+ * lockdep must report a possible circular locking dependency. Proves that
+ * the bucket locks are visible to lockdep; lockdep turns itself off after
+ * the report, so nothing else may run in that boot.
+ */
+static int dmsr_lockdep_selftest_set(const char *val, const struct kernel_param *kp)
+{
+	return dmsr_bucket_lockdep_inversion();
+}
+
+static const struct kernel_param_ops dmsr_lockdep_selftest_ops = {
+	.set = dmsr_lockdep_selftest_set,
+};
+module_param_cb(bucket_lockdep_selftest, &dmsr_lockdep_selftest_ops, NULL, 0200);
+MODULE_PARM_DESC(bucket_lockdep_selftest,
+		 "Test only: take two bucket locks in the wrong order (lockdep kernels)");
+#endif
 
 mempool_t *dmsr_mempool_create(int min_nr, size_t size)
 {

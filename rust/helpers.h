@@ -27,12 +27,22 @@ unsigned int dmsr_bio_target_nr(const struct bio *bio);
 sector_t dmsr_bdev_nr_sectors(struct block_device *bdev);
 unsigned int dmsr_bdev_logical_block_size(struct block_device *bdev);
 
-/* hlist_bl bucket locks: bit 0 of the head, preemption off while held. */
-void dmsr_hlist_bl_lock(struct hlist_bl_head *b);
-void dmsr_hlist_bl_unlock(struct hlist_bl_head *b);
+/*
+ * hlist_bl bucket locks: bit 0 of the head, preemption off while held.
+ * map is the table's lockdep map (dmsr_bl_class_init; NULL, and ignored,
+ * without CONFIG_DEBUG_LOCK_ALLOC).
+ */
+void dmsr_bl_class_init(struct lockdep_map *map, const char *name,
+			struct lock_class_key *key);
+void dmsr_hlist_bl_lock(struct hlist_bl_head *b, struct lockdep_map *map);
+void dmsr_hlist_bl_unlock(struct hlist_bl_head *b, struct lockdep_map *map);
 /* A chunk's two buckets (complete, pending) in one call: a, then b. */
-void dmsr_hlist_bl_lock2(struct hlist_bl_head *a, struct hlist_bl_head *b);
-void dmsr_hlist_bl_unlock2(struct hlist_bl_head *a, struct hlist_bl_head *b);
+void dmsr_hlist_bl_lock2(struct hlist_bl_head *a, struct lockdep_map *ma,
+			 struct hlist_bl_head *b, struct lockdep_map *mb);
+void dmsr_hlist_bl_unlock2(struct hlist_bl_head *a, struct lockdep_map *ma,
+			   struct hlist_bl_head *b, struct lockdep_map *mb);
+/* Implemented in Rust (rust/snap): the lockdep self-test's inversion. */
+int dmsr_bucket_lockdep_inversion(void);
 
 /* A kmalloc-backed mempool: allocations wait instead of failing. */
 mempool_t *dmsr_mempool_create(int min_nr, size_t size);

@@ -130,8 +130,9 @@ impl MetadataWq {
             .ok_or(ENOMEM)
     }
 
-    /// Runs `f` on the workqueue and waits for it; sleeps.
-    pub fn run(&self, mut f: impl FnMut()) {
+    /// Runs `f` on the workqueue and waits for it; sleeps. `f` runs on the
+    /// workqueue's thread, so what it captures must be `Send`.
+    pub fn run(&self, mut f: impl FnMut() + Send) {
         let mut dynf: &mut dyn FnMut() = &mut f;
         // SAFETY: the workqueue is live; the closure outlives the call,
         // which waits for the work to finish.

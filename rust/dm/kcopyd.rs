@@ -78,11 +78,18 @@ impl Kcopyd {
     }
 
     /// Copies `src` to `dest`, then calls `J::done(job)`. May sleep.
-    pub fn copy<J: CopyJob>(&self, src: &Region<'_>, dest: &Region<'_>, job: NonNull<J>) {
+    ///
+    /// # Safety
+    ///
+    /// `job` must stay valid, and not be used by anyone else in a way that
+    /// conflicts with `J::done`, until `J::done(job)` is called; nothing
+    /// but that call may end it.
+    pub unsafe fn copy<J: CopyJob>(&self, src: &Region<'_>, dest: &Region<'_>, job: NonNull<J>) {
         let mut s = src.raw();
         let mut d = dest.raw();
         // SAFETY: the client is live; regions are valid for the call (kcopyd
-        // copies them); `job` stays valid until `done` (CopyJob contract).
+        // copies them); `job` stays valid until `done` (our caller's
+        // contract), which kcopyd calls once.
         unsafe {
             sys::dm_kcopyd_copy(
                 self.0.as_ptr(),
@@ -97,9 +104,14 @@ impl Kcopyd {
     }
 
     /// Zeroes `dest`, then calls `J::done(job)`. May sleep.
-    pub fn zero<J: CopyJob>(&self, dest: &Region<'_>, job: NonNull<J>) {
+    ///
+    /// # Safety
+    ///
+    /// As for [`Kcopyd::copy`].
+    pub unsafe fn zero<J: CopyJob>(&self, dest: &Region<'_>, job: NonNull<J>) {
         let mut d = dest.raw();
-        // SAFETY: as in `copy`.
+        // SAFETY: as in `copy`: the client is live, the region is copied
+        // by kcopyd, and `job` outlives its `done` (our caller's contract).
         unsafe {
             sys::dm_kcopyd_zero(
                 self.0.as_ptr(),
@@ -117,7 +129,16 @@ impl Kcopyd {
     /// `J::done(job)` runs in kcopyd's worker instead of the bio's own
     /// completion. Keep the returned [`FullBio`] where `done` finds it, then
     /// submit the bio; [`FullBio::finish`] gives it back to be ended.
-    pub fn redirect_completion<J: CopyJob>(&self, bio: &mut OwnedBio, job: NonNull<J>) -> FullBio {
+    ///
+    /// # Safety
+    ///
+    /// As for [`Kcopyd::copy`]: `job` stays valid until `J::done(job)`,
+    /// which runs once the bio has been submitted and written.
+    pub unsafe fn redirect_completion<J: CopyJob>(
+        &self,
+        bio: &mut OwnedBio,
+        job: NonNull<J>,
+    ) -> FullBio {
         let b = bio.as_ptr();
         // SAFETY: the client is live; the callback is kcopyd-allocated and
         // consumed by `dm_kcopyd_do_callback` in `full_bio_end_io`.

@@ -20,3 +20,19 @@ pub use bio::{BioList, Mapped, OwnedBio};
 pub use device::TableDev;
 pub use status::{StatusBuf, StatusType};
 pub use target::{CtrError, DeviceVisitor, Registration, Setup, Target, TargetOps, TargetRef};
+
+/// Sleeps about `usecs` microseconds (`fsleep`). Never call it with a
+/// spinlock or bucket lock held.
+pub fn fsleep_us(usecs: u64) {
+    // SAFETY: a plain sleep; the callers are in process context with no
+    // spinlock held (the atomic-sleep checks of the test kernel prove it).
+    unsafe { crate::bindings::dmsr_fsleep(usecs as _) };
+}
+
+/// The `snapshot_cow_threshold` module parameter, read once (`READ_ONCE`).
+pub fn cow_threshold() -> u32 {
+    // SAFETY: the parameter's variable lives as long as the module; sysfs
+    // may store to it at any time, so it is read once, volatile, as C's
+    // `READ_ONCE` (an aligned `u32`, never torn).
+    unsafe { core::ptr::read_volatile(&raw const crate::bindings::dmsr_cow_threshold) }
+}

@@ -83,26 +83,31 @@ impl Exception {
 pub trait BucketLock {
     /// One bucket.
     type Head;
+    /// What a whole table's buckets share for lock checking: in the kernel
+    /// a lockdep map, so that lockdep sees bit locks it otherwise cannot
+    /// (one class per kind of table); `()` where there is nothing to check.
+    type Class;
     /// Bits of the word the lock owns (1 for a bit lock, 0 otherwise).
     const LOCK_BITS: usize;
     /// The first-entry word of `head`.
     fn word(head: &Self::Head) -> &AtomicUsize;
-    /// Spins until the bucket is ours (a bit lock also disables
-    /// preemption in the kernel, until [`BucketLock::unlock`]).
-    fn lock(head: &Self::Head);
+    /// Spins until the bucket `head` of a table of `class` is ours (a bit
+    /// lock also disables preemption in the kernel, until
+    /// [`BucketLock::unlock`]).
+    fn lock(class: &Self::Class, head: &Self::Head);
     /// Releases the bucket.
-    fn unlock(head: &Self::Head);
+    fn unlock(class: &Self::Class, head: &Self::Head);
     /// Locks `a`, then `b` (a chunk's buckets in two tables). One call
     /// where the kernel's lock is behind a C helper: the origin-write path
     /// takes a pair per snapshot and write.
-    fn lock_pair(a: &Self::Head, b: &Self::Head) {
-        Self::lock(a);
-        Self::lock(b);
+    fn lock_pair(ca: &Self::Class, a: &Self::Head, cb: &Self::Class, b: &Self::Head) {
+        Self::lock(ca, a);
+        Self::lock(cb, b);
     }
     /// Releases `b`, then `a`.
-    fn unlock_pair(a: &Self::Head, b: &Self::Head) {
-        Self::unlock(b);
-        Self::unlock(a);
+    fn unlock_pair(ca: &Self::Class, a: &Self::Head, cb: &Self::Class, b: &Self::Head) {
+        Self::unlock(cb, b);
+        Self::unlock(ca, a);
     }
 }
 
@@ -111,18 +116,19 @@ pub struct SpinBit;
 
 impl BucketLock for SpinBit {
     type Head = AtomicUsize;
+    type Class = ();
     const LOCK_BITS: usize = 1;
     fn word(head: &AtomicUsize) -> &AtomicUsize {
         head
     }
-    fn lock(head: &AtomicUsize) {
+    fn lock(_class: &(), head: &AtomicUsize) {
         while head.fetch_or(1, Ordering::Acquire) & 1 != 0 {
             while head.load(Ordering::Relaxed) & 1 != 0 {
                 core::hint::spin_loop();
             }
         }
     }
-    fn unlock(head: &AtomicUsize) {
+    fn unlock(_class: &(), head: &AtomicUsize) {
         head.fetch_and(!1, Ordering::Release);
     }
 }
@@ -131,6 +137,7 @@ impl BucketLock for SpinBit {
 /// `L::Head`, with zeroed words, a power of two of them), locked with `L`.
 pub struct ExceptionTable<H: Deref<Target = [L::Head]>, L: BucketLock> {
     heads: H,
+    class: L::Class,
     mask: u64,
     hash_shift: u32,
     _lock: PhantomData<L>,
@@ -142,13 +149,22 @@ impl<H: Deref<Target = [L::Head]>, L: BucketLock> ExceptionTable<H, L> {
     /// hash_shift` chunks), 0 a table without runs (pending; a complete
     /// table whose buckets outnumber the origin's chunks, where no run
     /// could form). `None` unless the head count is a power of two.
-    pub fn new(heads: H, hash_shift: u32) -> Option<Self> {
+    pub fn new(heads: H, hash_shift: u32) -> Option<Self>
+    where
+        L::Class: Default,
+    {
+        Self::with_class(heads, hash_shift, L::Class::default())
+    }
+
+    /// The same, with the lock class its buckets are checked as.
+    pub fn with_class(heads: H, hash_shift: u32, class: L::Class) -> Option<Self> {
         let n = heads.as_ref().len();
         if !n.is_power_of_two() {
             return None;
         }
         Some(Self {
             heads,
+            class,
             mask: n as u64 - 1,
             hash_shift,
             _lock: PhantomData,
@@ -167,8 +183,8 @@ impl<H: Deref<Target = [L::Head]>, L: BucketLock> ExceptionTable<H, L> {
     fn locked(&self, chunk: Chunk) -> Locked<'_, L> {
         Locked {
             head: self.head(chunk),
+            class: &self.class,
             merge: self.hash_shift != 0,
-            _lock: PhantomData,
         }
     }
 
@@ -176,7 +192,7 @@ impl<H: Deref<Target = [L::Head]>, L: BucketLock> ExceptionTable<H, L> {
     /// CPUs, with preemption off in the kernel.
     pub fn lock(&self, chunk: Chunk) -> Bucket<'_, L> {
         let b = self.locked(chunk);
-        L::lock(b.head);
+        L::lock(b.class, b.head);
         Bucket(b)
     }
 
@@ -188,7 +204,7 @@ impl<H: Deref<Target = [L::Head]>, L: BucketLock> ExceptionTable<H, L> {
         chunk: Chunk,
     ) -> BucketPair<'a, L> {
         let (first, second) = (self.locked(chunk), other.locked(chunk));
-        L::lock_pair(first.head, second.head);
+        L::lock_pair(first.class, first.head, second.class, second.head);
         BucketPair { first, second }
     }
 
@@ -212,8 +228,8 @@ impl<H: Deref<Target = [L::Head]>, L: BucketLock> ExceptionTable<H, L> {
 /// unlock it when dropped.
 pub struct Locked<'a, L: BucketLock> {
     head: &'a L::Head,
+    class: &'a L::Class,
     merge: bool,
-    _lock: PhantomData<L>,
 }
 
 /// A locked bucket; unlocked on drop.
@@ -246,18 +262,18 @@ impl<'a, L: BucketLock> Bucket<'a, L> {
         let this = core::mem::ManuallyDrop::new(self);
         let first = Locked {
             head: this.0.head,
+            class: this.0.class,
             merge: this.0.merge,
-            _lock: PhantomData,
         };
         let second = other.locked(chunk);
-        L::lock(second.head);
+        L::lock(second.class, second.head);
         BucketPair { first, second }
     }
 }
 
 impl<L: BucketLock> Drop for Bucket<'_, L> {
     fn drop(&mut self) {
-        L::unlock(self.0.head);
+        L::unlock(self.0.class, self.0.head);
     }
 }
 
@@ -272,7 +288,12 @@ pub struct BucketPair<'a, L: BucketLock> {
 
 impl<L: BucketLock> Drop for BucketPair<'_, L> {
     fn drop(&mut self) {
-        L::unlock_pair(self.first.head, self.second.head);
+        L::unlock_pair(
+            self.first.class,
+            self.first.head,
+            self.second.class,
+            self.second.head,
+        );
     }
 }
 

@@ -14,7 +14,6 @@
 use super::persistent::PersistentIo;
 use super::registry::{do_origin, HandoverError, Registry};
 use super::store::Store;
-use crate::bindings as sys;
 use crate::dm::kcopyd::{CopyJob, FullBio, Kcopyd, Region};
 use crate::dm::mempool::Mempool;
 use crate::dm::{BioList, OwnedBio, TableDev, TargetRef};
@@ -31,7 +30,6 @@ use core::ptr::NonNull;
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use kernel::new_spinlock;
 use kernel::prelude::*;
-use kernel::sync::LockClassKey;
 use kernel::sync::SpinLock;
 
 /// What a handover moves from the old table's snapshot to the new one's:
@@ -84,6 +82,9 @@ pub(crate) struct State {
     pub(crate) active: bool,
     /// A `PO` store ran out of space: writes fail, reads work.
     pub(crate) overflowed: bool,
+    /// A merge stopped on an error (`Merge failed` in status); set by the
+    /// merge, which is not implemented yet, so it stays false.
+    pub(crate) merge_failed: bool,
     /// Waiting to take over the exceptions of an older table on the same
     /// COW at its first resume (a handover destination).
     pub(crate) handover_dest: bool,
@@ -117,8 +118,43 @@ const TRACK_SLOTS: usize = 1024;
 /// Pending exceptions reserved in the mempool (upstream's `MIN_IOS`).
 const MIN_IOS: i32 = 256;
 
-fn new_table(buckets: usize, hash_shift: u32, key: &'static LockClassKey) -> Result<Table> {
-    Table::new(BucketLocks::new_heads(buckets, key)?, hash_shift).ok_or(EINVAL)
+/// The two kinds of table, each one lock class for lockdep: a chunk's
+/// complete bucket is always taken before its pending one.
+#[derive(Clone, Copy)]
+enum TableKind {
+    Complete,
+    Pending,
+}
+
+fn new_table(buckets: usize, hash_shift: u32, kind: TableKind) -> Result<Table> {
+    let (name, key) = match kind {
+        TableKind::Complete => (
+            kernel::c_str!("dm_snap_rs:complete_bucket"),
+            kernel::static_lock_class!(),
+        ),
+        TableKind::Pending => (
+            kernel::c_str!("dm_snap_rs:pending_bucket"),
+            kernel::static_lock_class!(),
+        ),
+    };
+    let class = BucketLocks::new_class(name, key)?;
+    Table::with_class(BucketLocks::new_heads(buckets, key)?, hash_shift, class).ok_or(EINVAL)
+}
+
+/// Test only (`bucket_lockdep_selftest`, lockdep kernels): takes a complete
+/// and a pending bucket in the design's order, then in the reverse order,
+/// on two small tables of the snapshots' own lock classes. Lockdep must
+/// report the inversion; if it does not, the bucket locks are invisible to
+/// it. Returns 0, or a negative errno when the tables cannot be made.
+pub(crate) fn bucket_lockdep_inversion() -> Result {
+    let complete = new_table(64, 0, TableKind::Complete)?;
+    let pending = new_table(64, 0, TableKind::Pending)?;
+    drop(complete.lock_pair(&pending, 1));
+    let p = pending.lock(1);
+    let c = complete.lock(1);
+    drop(c);
+    drop(p);
+    Ok(())
 }
 
 /// The COW chunk of `chunk` in locked complete-table bucket `b`, if copied.
@@ -204,12 +240,17 @@ unsafe impl Send for Pending {}
 /// registry, by the origin's writers.
 #[pin_data(PinnedDrop)]
 pub(crate) struct Snap {
+    /// Dropped first (fields drop in declaration order): destroying the
+    /// client waits until every job's callback has returned, and those
+    /// callbacks use the store in `state` (a persistent commit and its
+    /// `recycle`, after the last pending exception was freed), so the
+    /// store must outlive it, as upstream's `__free_exceptions` destroys
+    /// the client before `dm_exception_store_destroy`.
+    kcopyd: Kcopyd,
     #[pin]
     pub(crate) state: RwSem<State>,
     /// Unlocked fast-path copy of `state.valid`.
     valid_hint: AtomicBool,
-    // Dropped first: waits for every copy in flight.
-    kcopyd: Kcopyd,
     pending: Table,
     pending_pool: Mempool<Pending>,
     pending_count: AtomicUsize,
@@ -261,10 +302,10 @@ impl Snap {
         let origin_chunks =
             geometry.chunk_of(a.origin.nr_sectors() + u64::from(geometry.sectors()) - 1);
         let shift = complete_hash_shift(origin_chunks, nc as u64);
-        let complete = new_table(nc, shift, kernel::static_lock_class!())
-            .map_err(|_| SnapInitError::HashTables)?;
-        let pending = new_table(np, 0, kernel::static_lock_class!())
-            .map_err(|_| SnapInitError::HashTables)?;
+        let complete =
+            new_table(nc, shift, TableKind::Complete).map_err(|_| SnapInitError::HashTables)?;
+        let pending =
+            new_table(np, 0, TableKind::Pending).map_err(|_| SnapInitError::HashTables)?;
         let mut tracked =
             KVec::with_capacity(TRACK_SLOTS, GFP_KERNEL).map_err(|_| SnapInitError::HashTables)?;
         for _ in 0..TRACK_SLOTS {
@@ -294,14 +335,15 @@ impl Snap {
             valid: true,
             active: false,
             overflowed: false,
+            merge_failed: false,
             handover_dest: false,
             exc,
         };
         KBox::pin_init(
             pin_init!(Snap {
+                kcopyd,
                 state <- new_rwsem!(state, "dm_snap_rs:snap"),
                 valid_hint: AtomicBool::new(true),
-                kcopyd,
                 pending,
                 pending_pool,
                 pending_count: AtomicUsize::new(0),
@@ -351,10 +393,7 @@ impl Snap {
 
     /// More copies in flight than `snapshot_cow_threshold`.
     pub(crate) fn over_cow_threshold(&self) -> bool {
-        // SAFETY: the module parameter's variable lives as long as the
-        // module; sysfs may store to it at any time, so it is read once,
-        // volatile, as C's `READ_ONCE` (an aligned `u32`, never torn).
-        let limit = unsafe { core::ptr::read_volatile(&raw const sys::dmsr_cow_threshold) };
+        let limit = crate::dm::cow_threshold();
         self.in_progress.load(Ordering::Relaxed) > limit
     }
 
@@ -751,7 +790,10 @@ impl Snap {
             count,
         };
         s.account_start_copy();
-        s.kcopyd.copy(&src, &dest, pe);
+        // SAFETY: `pe` stays valid until its `done` (it is freed only in
+        // `pending_complete`, which that call leads to), and nobody else
+        // starts it (our contract).
+        unsafe { s.kcopyd.copy(&src, &dest, pe) };
     }
 
     /// Writes a whole-chunk snapshot write straight to the COW instead of
@@ -764,7 +806,8 @@ impl Snap {
         // SAFETY: contract.
         let s = unsafe { pe.as_ref().snap.as_ref() };
         s.account_start_copy();
-        let full = s.kcopyd.redirect_completion(&mut bio, pe);
+        // SAFETY: as in `start_copy`: `pe` lives until its `done`.
+        let full = unsafe { s.kcopyd.redirect_completion(&mut bio, pe) };
         // SAFETY: we started `pe`, so nobody else touches `full_bio` until
         // its completion, which cannot run before the bio is submitted below.
         unsafe { (*pe.as_ptr()).full_bio = Some(full) };
@@ -782,7 +825,9 @@ impl Snap {
         self.account_start_copy();
         bio.set_private(NonNull::from(self).as_ptr().cast());
         let job = ZeroJob::from_bio(bio);
-        self.kcopyd.zero(&region, job);
+        // SAFETY: the job is the bio itself, handed over to kcopyd: nothing
+        // else ends it until `ZeroJob::done` takes it back.
+        unsafe { self.kcopyd.zero(&region, job) };
     }
 
     /// A copy finished (`copy_callback`). The transient store completes it
@@ -852,34 +897,44 @@ impl Snap {
             }
             e
         };
-        // The state lock is held (for read) until the buckets are unlocked:
-        // the bucket guards borrow the tables it protects.
-        let state = self.state.read();
-        let mut locks = self.lock_chunk(&state, old);
-        if let Some(e) = e {
-            if !state.valid {
-                merged = Some(e);
-                error = true;
-            } else {
-                // SAFETY: `e` is fresh and ours; the table owns it from now
-                // on (or hands it back merged, to free after unlocking).
-                merged = unsafe { locks.complete_mut().insert(e) };
-                // Snapshot reads of this chunk go to the COW from now on;
-                // the pending entry keeps origin writes out meanwhile.
-                if self.track_slot(old).load(Ordering::Acquire) != 0 {
-                    drop(locks);
-                    while self.track_slot(old).load(Ordering::Acquire) != 0 {
-                        // SAFETY: plain sleep; no spinlock held (the state
-                        // rwsem may be held across a sleep).
-                        unsafe { sys::dmsr_fsleep(1000) };
-                    }
-                    locks = self.lock_chunk(&state, old);
+        // The bucket guards borrow the tables the state lock protects, so
+        // the lock is held (for read) while they are; when tracked reads
+        // must drain, both are dropped before sleeping, as upstream drops
+        // `s->lock` before `__check_for_conflicting_io`, and retaken to
+        // remove the pending exception. No handover can swap the tables
+        // meanwhile: it waits for every pending exception.
+        let must_wait = {
+            let state = self.state.read();
+            let mut locks = self.lock_chunk(&state, old);
+            let mut wait = false;
+            if let Some(e) = e {
+                if !state.valid {
+                    merged = Some(e);
+                    error = true;
+                } else {
+                    // SAFETY: `e` is fresh and ours; the table owns it from
+                    // now on (or hands it back merged, to free after
+                    // unlocking).
+                    merged = unsafe { locks.complete_mut().insert(e) };
+                    // Snapshot reads of this chunk go to the COW from now
+                    // on; the pending entry keeps origin writes out
+                    // meanwhile.
+                    wait = self.track_slot(old).load(Ordering::Acquire) != 0;
                 }
             }
+            if !wait {
+                locks.pending_mut().remove(pe.cast::<Exception>());
+            }
+            wait
+        };
+        if must_wait {
+            while self.track_slot(old).load(Ordering::Acquire) != 0 {
+                crate::dm::fsleep_us(1000);
+            }
+            let state = self.state.read();
+            let mut locks = self.lock_chunk(&state, old);
+            locks.pending_mut().remove(pe.cast::<Exception>());
         }
-        locks.pending_mut().remove(pe.cast::<Exception>());
-        drop(locks);
-        drop(state);
         if let Some(e) = merged {
             // SAFETY: came from the registry's slab and is in no table.
             unsafe { Registry::get().exceptions.free(e) };
@@ -947,7 +1002,8 @@ impl PinnedDrop for Snap {
     fn drop(self: Pin<&mut Self>) {
         // `snapshot_dtr`: no new origin-triggered exceptions after
         // unregistering; then wait for the pending ones to finish. The
-        // fields then drop in order: kcopyd (waits for its jobs), tables...
+        // fields then drop in order: kcopyd (waits until every callback
+        // returned), then the state with its store, the tables...
         if self.registered.load(Ordering::Acquire) {
             let reg = Registry::get();
             {
@@ -962,8 +1018,7 @@ impl PinnedDrop for Snap {
             reg.unregister(NonNull::from(&*self));
         }
         while self.pending_count.load(Ordering::Acquire) != 0 {
-            // SAFETY: plain sleep; dtr holds no lock.
-            unsafe { sys::dmsr_fsleep(1000) };
+            crate::dm::fsleep_us(1000);
         }
     }
 }

@@ -48,6 +48,24 @@ pub(crate) struct Loaded {
     pub(crate) new_cow: bool,
     /// The header's valid flag (true for a new COW).
     pub(crate) valid: bool,
+    /// The on-disk chunk size and the table's, when the table named
+    /// another one: the caller warns (upstream's `read_header` does, but
+    /// only for a table that reads its metadata, not for a handover
+    /// destination).
+    pub(crate) overridden: Option<(u32, u32)>,
+}
+
+impl Loaded {
+    /// Upstream's warning that the on-disk chunk size wins, if it did.
+    pub(crate) fn warn_overridden(&self) {
+        if let Some((disk, table)) = self.overridden {
+            pr_warn!(
+                "snapshots: chunk size {} in device metadata overrides table chunk size of {}.\n",
+                disk,
+                table
+            );
+        }
+    }
 }
 
 /// Why the metadata could not be used.
@@ -103,18 +121,16 @@ impl PersistentIo {
                 chunk,
                 new_cow: true,
                 valid: true,
+                overridden: None,
             }
         } else if h.magic != SNAP_MAGIC {
             pr_warn!("snapshots: Invalid or corrupt snapshot\n");
             return Err(LoadError::Corrupt);
         } else {
+            let mut overridden = None;
             if h.chunk_size != chunk {
                 if table_chunk != 0 {
-                    pr_warn!(
-                        "snapshots: chunk size {} in device metadata overrides table chunk size of {}.\n",
-                        h.chunk_size,
-                        table_chunk
-                    );
+                    overridden = Some((h.chunk_size, table_chunk));
                 }
                 if !valid_chunk(h.chunk_size) {
                     pr_err!("snapshots: invalid on-disk chunk size {}.\n", h.chunk_size);
@@ -133,6 +149,7 @@ impl PersistentIo {
                 chunk,
                 new_cow: false,
                 valid: h.valid != 0,
+                overridden,
             }
         };
         let epa = exceptions_per_area(chunk) as usize;

@@ -379,11 +379,17 @@ pub(crate) fn do_origin(
         let Some(o) = origins.find(bdev) else {
             return Some(bio);
         };
+        // As `Snap::throttle`: the generation is read before the check
+        // that decides to sleep, so a copy finishing in between bumps it
+        // and the sleep does not happen (read after, the wakeup could be
+        // lost with no copy left to send another).
         if limit && o.iter().any(|s| s.over_cow_threshold()) {
             let gen = reg.wake_generation();
-            drop(origins);
-            reg.wait_for_wake(gen);
-            continue;
+            if o.iter().any(|s| s.over_cow_threshold()) {
+                drop(origins);
+                reg.wait_for_wake(gen);
+                continue;
+            }
         }
         return origin_write(o, bio);
     }

@@ -79,10 +79,12 @@ impl TargetOps for Snapshot {
         let mut pio_opt = None;
         let store = match kind {
             StoreKind::Transient => {
-                if chunk == 0 {
-                    return Err(CtrError::new(c"Chunk size not set", EINVAL));
-                }
-                let g = ChunkGeometry::new(chunk)
+                // Chunk 0 is refused ("Chunk size not set") only after
+                // registration, as upstream: a handover destination takes
+                // its chunk size from the source at resume, so `N 0` is
+                // fine there. Until then the tables are sized as for
+                // one-sector chunks, as upstream sizes them for 0.
+                let g = ChunkGeometry::new(chunk.max(1))
                     .ok_or(CtrError::new(c"Chunk size not set", EINVAL))?;
                 Store::Transient(TransientStore::new(g, cow.nr_sectors()))
             }
@@ -160,7 +162,11 @@ impl TargetOps for Snapshot {
             return KBox::pin(Snapshot { snap }, GFP_KERNEL)
                 .map_err(|_| CtrError::new(c"Cannot allocate private snapshot structure", ENOMEM));
         }
+        if loaded.is_none() && chunk == 0 {
+            return Err(CtrError::new(c"Chunk size not set", EINVAL));
+        }
         if let Some(l) = loaded {
+            l.warn_overridden();
             let r = if l.new_cow {
                 snap.init_new_cow()
             } else if !l.valid {
@@ -345,8 +351,14 @@ impl TargetOps for Snapshot {
                 let st = s.state.write();
                 if !st.valid {
                     out.write_str("Invalid")
+                } else if st.merge_failed {
+                    out.write_str("Merge failed")
                 } else if st.overflowed {
                     out.write_str("Overflow")
+                } else if st.handover_dest {
+                    // Not resumed yet: upstream's store has chunk size 0
+                    // and nothing allocated, and counts the COW's size.
+                    write!(out, "0/{} 0", s.cow.nr_sectors())
                 } else {
                     let u = st.alloc().store.usage(st.metadata_sectors());
                     write!(out, "{}/{} {}", u.allocated, u.total, u.metadata)
@@ -372,12 +384,18 @@ impl TargetOps for Snapshot {
             StatusType::Ima => {
                 let st = s.state.read();
                 let yn = |b: bool| if b { 'y' } else { 'n' };
+                let [major, minor, patch] = Self::VERSION;
                 write!(
                     out,
-                    "target_name=snapshot,target_version=1.16.0,snap_origin_name={},snap_cow_name={},snap_valid={},snap_merge_failed=n,snapshot_overflowed={};",
+                    "target_name={},target_version={}.{}.{},snap_origin_name={},snap_cow_name={},snap_valid={},snap_merge_failed={},snapshot_overflowed={};",
+                    Self::NAME,
+                    major,
+                    minor,
+                    patch,
                     s.origin.name(),
                     s.cow.name(),
                     yn(st.valid),
+                    yn(st.merge_failed),
                     yn(st.overflowed)
                 )
             }

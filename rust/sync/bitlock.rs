@@ -10,47 +10,98 @@
 //! allocator's spinlock inside a bucket lock would do; there the tables use
 //! [`RtSpin`], a `spinlock_t` beside each bucket's word. [`BucketLocks`]
 //! names the one this kernel uses.
+//!
+//! A bit lock has no lockdep map, so lockdep would not see the bucket
+//! locks at all; each table of [`HlistBl`] buckets therefore carries a
+//! [`BitClass`]: on `CONFIG_DEBUG_LOCK_ALLOC` kernels a lockdep map in the
+//! table's lock class (one class per kind of table), acquired and released
+//! around the bit by the C helpers.
 
 use crate::bindings as sys;
 use crate::logic::exception_table::BucketLock;
 use core::sync::atomic::AtomicUsize;
 use kernel::bindings;
 use kernel::prelude::*;
+use kernel::str::CStr;
 use kernel::sync::LockClassKey;
 use kernel::types::Opaque;
+
+/// The lock class of one table's bit-locked buckets, as lockdep sees them.
+pub struct BitClass {
+    #[cfg(CONFIG_DEBUG_LOCK_ALLOC)]
+    map: KBox<Opaque<bindings::lockdep_map>>,
+}
+
+// SAFETY: the map is only handed to lockdep, which serialises its own use
+// of it; it never moves while the class exists (boxed).
+unsafe impl Sync for BitClass {}
+// SAFETY: as above.
+unsafe impl Send for BitClass {}
+
+impl BitClass {
+    /// A class named `name` with the static key `key`: every table made
+    /// with the same key is one class to lockdep.
+    #[cfg(CONFIG_DEBUG_LOCK_ALLOC)]
+    pub fn new(name: &'static CStr, key: &'static LockClassKey) -> Result<Self> {
+        let map = KBox::new(Opaque::<bindings::lockdep_map>::uninit(), GFP_KERNEL)?;
+        // `LockClassKey` is a transparent wrapper over `lock_class_key`.
+        let key = key as *const LockClassKey as *mut bindings::lock_class_key;
+        // SAFETY: `map` is fresh, boxed (it never moves) and initialised
+        // here once; `name` and `key` are static, as lockdep requires.
+        unsafe { sys::dmsr_bl_class_init(map.get(), name.as_char_ptr(), key) };
+        Ok(Self { map })
+    }
+
+    /// Without lockdep there is nothing to set up.
+    #[cfg(not(CONFIG_DEBUG_LOCK_ALLOC))]
+    pub fn new(_name: &'static CStr, _key: &'static LockClassKey) -> Result<Self> {
+        Ok(Self {})
+    }
+
+    fn map(&self) -> *mut bindings::lockdep_map {
+        #[cfg(CONFIG_DEBUG_LOCK_ALLOC)]
+        return self.map.get();
+        #[cfg(not(CONFIG_DEBUG_LOCK_ALLOC))]
+        return core::ptr::null_mut();
+    }
+}
 
 /// `hlist_bl_lock`/`hlist_bl_unlock` on a bucket head.
 pub struct HlistBl;
 
+fn bl_head(head: &AtomicUsize) -> *mut bindings::hlist_bl_head {
+    head.as_ptr().cast::<bindings::hlist_bl_head>()
+}
+
 impl BucketLock for HlistBl {
     type Head = AtomicUsize;
+    type Class = BitClass;
     const LOCK_BITS: usize = 1;
 
     fn word(head: &AtomicUsize) -> &AtomicUsize {
         head
     }
 
-    fn lock(head: &AtomicUsize) {
+    fn lock(class: &BitClass, head: &AtomicUsize) {
         // SAFETY: a bucket head is one pointer-sized word, the layout of
-        // `struct hlist_bl_head`, and bit 0 is its lock bit.
-        unsafe { sys::dmsr_hlist_bl_lock(head.as_ptr().cast::<bindings::hlist_bl_head>()) };
+        // `struct hlist_bl_head`, and bit 0 is its lock bit; the map is
+        // the table's, initialised in `BitClass::new` (or null).
+        unsafe { sys::dmsr_hlist_bl_lock(bl_head(head), class.map()) };
     }
 
-    fn unlock(head: &AtomicUsize) {
-        // SAFETY: as in `lock`; we hold the bit.
-        unsafe { sys::dmsr_hlist_bl_unlock(head.as_ptr().cast::<bindings::hlist_bl_head>()) };
+    fn unlock(class: &BitClass, head: &AtomicUsize) {
+        // SAFETY: as in `lock`; we hold the bit, taken with this map.
+        unsafe { sys::dmsr_hlist_bl_unlock(bl_head(head), class.map()) };
     }
 
-    fn lock_pair(a: &AtomicUsize, b: &AtomicUsize) {
-        let (a, b) = (a.as_ptr(), b.as_ptr());
+    fn lock_pair(ca: &BitClass, a: &AtomicUsize, cb: &BitClass, b: &AtomicUsize) {
         // SAFETY: as in `lock`, for both heads.
-        unsafe { sys::dmsr_hlist_bl_lock2(a.cast(), b.cast()) };
+        unsafe { sys::dmsr_hlist_bl_lock2(bl_head(a), ca.map(), bl_head(b), cb.map()) };
     }
 
-    fn unlock_pair(a: &AtomicUsize, b: &AtomicUsize) {
-        let (a, b) = (a.as_ptr(), b.as_ptr());
-        // SAFETY: as in `unlock`; we hold both bits.
-        unsafe { sys::dmsr_hlist_bl_unlock2(a.cast(), b.cast()) };
+    fn unlock_pair(ca: &BitClass, a: &AtomicUsize, cb: &BitClass, b: &AtomicUsize) {
+        // SAFETY: as in `unlock`; we hold both bits, taken with these maps.
+        unsafe { sys::dmsr_hlist_bl_unlock2(bl_head(a), ca.map(), bl_head(b), cb.map()) };
     }
 }
 
@@ -62,6 +113,11 @@ impl HlistBl {
             v.push(AtomicUsize::new(0), GFP_KERNEL)?;
         }
         Ok(v)
+    }
+
+    /// The lock class of a table whose buckets use `key`.
+    pub fn new_class(name: &'static CStr, key: &'static LockClassKey) -> Result<BitClass> {
+        BitClass::new(name, key)
     }
 }
 
@@ -82,24 +138,31 @@ pub struct RtSpin;
 
 impl BucketLock for RtSpin {
     type Head = RtHead;
+    /// Each bucket's spinlock carries its own lockdep class.
+    type Class = ();
     const LOCK_BITS: usize = 0;
 
     fn word(head: &RtHead) -> &AtomicUsize {
         &head.word
     }
 
-    fn lock(head: &RtHead) {
+    fn lock(_class: &(), head: &RtHead) {
         // SAFETY: initialised by `new_heads`; the heads never move after.
         unsafe { bindings::spin_lock(head.lock.get()) };
     }
 
-    fn unlock(head: &RtHead) {
+    fn unlock(_class: &(), head: &RtHead) {
         // SAFETY: as in `lock`; we hold it.
         unsafe { bindings::spin_unlock(head.lock.get()) };
     }
 }
 
 impl RtSpin {
+    /// Nothing per table: the spinlocks have their class (see `new_heads`).
+    pub fn new_class(_name: &'static CStr, _key: &'static LockClassKey) -> Result<()> {
+        Ok(())
+    }
+
     /// `n` empty buckets with initialised spinlocks in lockdep class `key`
     /// (one class per table: a chunk's complete and pending buckets are
     /// held together).

@@ -13,10 +13,8 @@ insmod $KO || exit 1
 S=$(blockdev --getsz /dev/vda)
 HALF=$((S / 2))
 activate() {
-	echo "0 $S snapshot-origin /dev/vda" | dmsetup create c-origin || return 1
-	dmsetup suspend c-origin
-	echo "0 $S snapshot /dev/vda /dev/vdb P 8" | dmsetup create c-snap || return 1
-	dmsetup resume c-origin
+	origin_create c-origin /dev/vda || return 1
+	snap_create c-origin c-snap "0 $S snapshot /dev/vda /dev/vdb P 8"
 }
 block() { yes "blk $1 cycle $2 " | head -c 4096; }
 half_sum() { dd if=$1 bs=512 count=$HALF iflag=direct 2>/dev/null | md5sum | cut -c1-32; }
@@ -60,7 +58,9 @@ cycle)
 	splats=$(dmesg | grep -cE 'WARNING:|BUG:|Oops|KASAN|possible (circular|recursive) locking|sleeping function called from invalid context')
 	echo "SPLATS $splats"
 	[ $bad -eq 0 ] && [ "$splats" -eq 0 ] && echo "CYCLE-VERIFIED" || echo "CYCLE-FAILED"
-	[ -n "$4" ] && exit 0   # last verification only
+	if [ -n "$4" ]; then   # last verification only
+		[ $bad -eq 0 ] && [ "$splats" -eq 0 ]; exit $?
+	fi
 	echo "WORKLOAD-GO"
 	# Origin writes anywhere, snapshot writes in the upper half only, each
 	# acknowledged after it is durable (O_DIRECT + fsync -> PREFLUSH).

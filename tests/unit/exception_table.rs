@@ -130,17 +130,18 @@ thread_local! {
 
 impl BucketLock for Logged {
     type Head = AtomicUsize;
+    type Class = ();
     const LOCK_BITS: usize = 1;
     fn word(h: &AtomicUsize) -> &AtomicUsize {
         h
     }
-    fn lock(h: &AtomicUsize) {
-        SpinBit::lock(h);
+    fn lock(_class: &(), h: &AtomicUsize) {
+        SpinBit::lock(&(), h);
         LOG.with(|l| l.borrow_mut().push(('L', h as *const _ as usize)));
     }
-    fn unlock(h: &AtomicUsize) {
+    fn unlock(_class: &(), h: &AtomicUsize) {
         LOG.with(|l| l.borrow_mut().push(('U', h as *const _ as usize)));
-        SpinBit::unlock(h);
+        SpinBit::unlock(&(), h);
     }
 }
 
@@ -235,11 +236,12 @@ struct SideHead {
 
 impl BucketLock for LockBeside {
     type Head = SideHead;
+    type Class = ();
     const LOCK_BITS: usize = 0;
     fn word(h: &SideHead) -> &AtomicUsize {
         &h.word
     }
-    fn lock(h: &SideHead) {
+    fn lock(_class: &(), h: &SideHead) {
         use std::sync::atomic::Ordering::*;
         while h
             .lock
@@ -249,7 +251,7 @@ impl BucketLock for LockBeside {
             std::hint::spin_loop();
         }
     }
-    fn unlock(h: &SideHead) {
+    fn unlock(_class: &(), h: &SideHead) {
         h.lock.store(false, std::sync::atomic::Ordering::Release);
         // The word never carries lock bits in this layout.
         assert_eq!(h.word.load(std::sync::atomic::Ordering::Relaxed) & 1, 0);

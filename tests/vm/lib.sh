@@ -1,11 +1,19 @@
 # Helpers for the in-VM selftests (sourced). KTAP output: each test file is
-# one suite; `ok`/`fail` print result lines, `summary` the plan and totals.
+# one suite that states its plan first (`ktap_begin NAME N`: N result
+# lines will follow; scripts/check reads N from the same line of the file
+# and counts every result not printed as failed); `ok`/`fail` print result
+# lines, `summary` the totals.
 
-T_N=0 T_PASS=0 T_FAIL=0
+T_N=0 T_PASS=0 T_FAIL=0 T_PLAN=0
 DM=/dev/mapper
 KO=${DMSR_KO:-/payload/dm_snap_rs.ko}
 
-ktap_begin() { echo "KTAP version 1"; echo "# suite: $1"; }
+ktap_begin() {
+	T_PLAN=$2
+	echo "KTAP version 1"; echo "# suite: $1"; echo "1..$2"
+	# Marks the kernel log, so splats are told apart per suite.
+	echo "dmsr-suite: $1" >/dev/kmsg 2>/dev/null
+}
 ok() { T_N=$((T_N + 1)); T_PASS=$((T_PASS + 1)); echo "ok $T_N $1"; }
 fail() {
 	T_N=$((T_N + 1)); T_FAIL=$((T_FAIL + 1)); echo "not ok $T_N $1"
@@ -17,14 +25,54 @@ check() { local n=$1; shift; if out=$("$@" 2>&1); then ok "$n"; else fail "$n" "
 expect_eq() {
 	if [ "$2" = "$3" ]; then ok "$1"; else fail "$1" "want: '$2'" "got:  '$3'"; fi
 }
-# need_blk NAME DEV: the suite cannot go on without block device DEV.
+# expect_parity NAME REF GOT: GOT (usually dm_snap_rs's) equals REF (the C
+# driver's, or an earlier state), which must be a real value: an empty or
+# MISSING reference means a broken step, not a match.
+expect_parity() {
+	case $2 in
+	"" | MISSING*) fail "$1" "the reference value is '$2': nothing to compare" ;;
+	*) expect_eq "$1" "$2" "$3" ;;
+	esac
+}
+# expect_refused NAME C_ERROR RS_ERROR: a bad table refused by both with the
+# same ti->error; the C driver must have refused it with a message.
+expect_refused() {
+	case $2 in
+	"" | created) fail "$1" "the C driver did not refuse it with a message (got '$2')" ;;
+	*) expect_eq "$1" "$2" "$3" ;;
+	esac
+}
+# need_blk NAME DEV: the suite cannot go on without block device DEV (the
+# results it would have printed count as failed: see ktap_begin).
 need_blk() {
 	if [ -b "$2" ]; then ok "$1"; else fail "$1" "$2 is not a block device: bailing out"; summary; exit 1; fi
 }
+# must NAME CMD...: a set-up step the rest of the suite depends on; if it
+# fails, the suite stops there (its remaining results count as failed).
+must() {
+	local n=$1; shift
+	if ! out=$("$@" 2>&1); then
+		fail "$n" "command: $*" "$out"; summary; exit 1
+	fi
+}
+# snap_create ORIGIN SNAP TABLE: loads snapshot SNAP (TABLE) under the
+# snapshot-origin device ORIGIN the way lvm2 does: suspend the origin,
+# create, resume. Fails (status 1, the step named) if any step fails.
+snap_create() {
+	dmsetup suspend "$1" || { echo "suspend $1 failed"; return 1; }
+	if ! echo "$3" | dmsetup create "$2"; then
+		dmsetup resume "$1"; echo "create $2 failed"; return 1
+	fi
+	dmsetup resume "$1" || { echo "resume $1 failed"; return 1; }
+}
+# origin_create NAME DEV: a snapshot-origin device over DEV.
+origin_create() {
+	echo "0 $(blockdev --getsz "$2") snapshot-origin $2" | dmsetup create "$1"
+}
 summary() {
-	echo "1..$T_N"
+	[ "$T_N" -eq "$T_PLAN" ] || echo "# plan said $T_PLAN tests, $T_N ran"
 	echo "# totals: pass:$T_PASS fail:$T_FAIL"
-	[ "$T_FAIL" -eq 0 ]
+	[ "$T_FAIL" -eq 0 ] && [ "$T_N" -eq "$T_PLAN" ]
 }
 
 # Drivers: ours and upstream's register the same target names, so exactly one
@@ -73,3 +121,37 @@ dm_error() {
 # Data helpers: a deterministic 4 KiB-aligned pattern file of N MiB.
 pattern() { dd if=/dev/urandom of="$1" bs=1M count="$2" 2>/dev/null; }
 sum() { dd if="$1" bs=1M count="$2" 2>/dev/null | md5sum | cut -d' ' -f1; }
+
+# dm_state DEV MB: "<status> <md5 of the first MB MiB>" of /dev/mapper/DEV,
+# or MISSING when the device or its status cannot be read.
+dm_state() {
+	local st
+	[ -b "$DM/$1" ] && st=$(dmsetup status "$1") && [ -n "$st" ] || { echo MISSING; return; }
+	echo "$st $(sum "$DM/$1" "$2")"
+}
+# same_output NAME C_FILE RS_FILE: the same steps gave the same output
+# with both drivers, and the C driver's run was whole (no failed set-up
+# step, no missing device).
+same_output() {
+	if [ ! -s "$2" ] || grep -qE 'SETUP FAILED|MISSING' "$2"; then
+		fail "$1" "the C driver's run is empty or incomplete:" "$(cat "$2")"
+	elif cmp -s "$2" "$3"; then ok "$1"
+	else fail "$1" "$(diff "$2" "$3" | head -20)"; fi
+}
+# differential NAME CHUNK SEED: tests/vm/workload.sh (store $STORE) on the
+# C driver, then on dm_snap_rs; both runs must finish their set-up and
+# give identical reads, data, status and table lines.
+differential() {
+	local rc_c rc_rs
+	load_c; sh /payload/tests/vm/workload.sh "$2" "$3" /tmp/wl.c; rc_c=$?
+	load_rs; sh /payload/tests/vm/workload.sh "$2" "$3" /tmp/wl.rs; rc_rs=$?
+	if [ $rc_c -ne 0 ] || [ ! -s /tmp/wl.c ]; then
+		fail "$1: identical to the C driver" "the C driver's run failed (status $rc_c):" "$(tail -3 /tmp/wl.c)"
+	elif [ $rc_rs -ne 0 ]; then
+		fail "$1: identical to the C driver" "dm_snap_rs's run failed (status $rc_rs):" "$(tail -3 /tmp/wl.rs)"
+	elif cmp -s /tmp/wl.c /tmp/wl.rs; then
+		ok "$1: data, status and table identical to the C driver ($(grep -c '^sr' /tmp/wl.c) reads, $(grep -c '^s[0-9] status' /tmp/wl.c) snapshots)"
+	else
+		fail "$1: identical to the C driver" "$(diff /tmp/wl.c /tmp/wl.rs | head -20)"
+	fi
+}

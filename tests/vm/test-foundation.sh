@@ -1,8 +1,9 @@
 #!/bin/sh
 # Foundation selftests: module load/unload, target registration, data through
 # snapshot-origin, parity with the C driver's strings and ti->error texts.
+# vm-timeout: 300
 . "$(dirname "$0")/lib.sh"
-ktap_begin foundation
+ktap_begin foundation 41
 
 # --- load, targets and versions -------------------------------------------
 unload_drivers
@@ -48,9 +49,8 @@ expect_eq "table line shows the device as major:minor" \
 # --- unload refused while a table is live ---------------------------------
 if rmmod dm_snap_rs 2>/dev/null; then fail "rmmod refused while a table uses the module"; insmod "$KO"
 else ok "rmmod refused while a table uses the module"; fi
-dmsetup suspend rs-origin && dmsetup resume rs-origin
 check "suspend/resume keeps the origin working" \
-	sh -c "dd if=$DM/rs-origin bs=1M count=1 iflag=direct of=/dev/null 2>/dev/null"
+	sh -c "dmsetup suspend rs-origin && dmsetup resume rs-origin && dd if=$DM/rs-origin bs=1M count=1 iflag=direct of=/dev/null 2>/dev/null"
 dmsetup remove rs-origin
 
 # --- bad table lines (the same set goes to the C driver below) ------------
@@ -80,13 +80,13 @@ echo "$BAD_LINES" | while IFS= read -r line; do dm_error rs-bad "$line"; done >/
 check "module unloads when no table uses it" rmmod dm_snap_rs
 
 # --- the C driver, same steps ---------------------------------------------
-modprobe dm-snapshot
+must "C driver loads" modprobe dm-snapshot
 echo "0 $SECTORS snapshot-origin $NB" | dmsetup create c-origin
 need_blk "C driver's snapshot-origin created" $DM/c-origin
 C_DISCARD=$(blkdiscard -o 0 -l 65536 $DM/c-origin >/dev/null 2>&1 && echo supported || echo refused)
-expect_eq "table string identical to the C driver's" "$(dmsetup table c-origin)" "$RS_TABLE"
-expect_eq "status string identical to the C driver's" "$(dmsetup status c-origin)" "$RS_STATUS"
-expect_eq "device attributes identical to the C driver's" \
+expect_parity "table string identical to the C driver's" "$(dmsetup table c-origin)" "$RS_TABLE"
+expect_parity "status string identical to the C driver's" "$(dmsetup status c-origin)" "$RS_STATUS"
+expect_parity "device attributes identical to the C driver's" \
 	"$(dmsetup info -c --noheadings -o attr c-origin)" "$RS_INFO"
 expect_eq "discard on the origin answered as by the C driver ($C_DISCARD)" "$C_DISCARD" "$RS_DISCARD"
 dmsetup remove c-origin
@@ -98,7 +98,7 @@ echo "$BAD_LINES" | while IFS= read -r line; do
 	echo "$i|$line|$c|$r"
 done >/tmp/cmp
 while IFS='|' read -r i line c r; do
-	expect_eq "bad line '$line' refused with upstream's text" "$c" "$r"
+	expect_refused "bad line '$line' refused with upstream's text" "$c" "$r"
 done </tmp/cmp
 rmmod dm_snapshot
 nullb_remove nb_o1; nullb_remove nb_o2

@@ -5,16 +5,19 @@
 # The loaded driver (ours or upstream's) serves it; OUT gets every read's
 # checksum, the final checksums of the origin and each snapshot, and their
 # status and table lines. Same CHUNK and SEED give the same operations.
+# Exits non-zero (with the reason in OUT) if a set-up step fails; OUT is
+# emptied first, so a failed run never leaves an earlier run's results.
 . /payload/tests/vm/lib.sh
 CHUNK=$1 SEED=$2 OUT=$3 STORE=${STORE:-N}
 OMB=24 CMB=8 NOPS=${NOPS:-120}
-O=$(nullb_create wl_o $OMB) || exit 1
-for i in 1 2 3 4; do nullb_create wl_c$i $CMB >/dev/null || exit 1; done
+: >"$OUT" || exit 1
+die() { echo "SETUP FAILED: $*" >>"$OUT"; exit 1; }
+O=$(nullb_create wl_o $OMB) && [ -b "$O" ] || die "null_blk origin"
+for i in 1 2 3 4; do nullb_create wl_c$i $CMB >/dev/null && [ -b /dev/wl_c$i ] || die "null_blk COW $i"; done
 [ -f /tmp/wl.pat ] || pattern /tmp/wl.pat 4
-dd if=/tmp/wl.pat of=$O bs=1M count=4 oflag=direct 2>/dev/null
+dd if=/tmp/wl.pat of=$O bs=1M count=4 oflag=direct 2>/dev/null || die "origin data"
 SECT=$(blockdev --getsz $O)
-echo "0 $SECT snapshot-origin $O" | dmsetup create wl-origin || exit 1
-: >"$OUT"
+origin_create wl-origin $O || die "create wl-origin"
 nsnap=0
 # Operation list: awk's generator, seeded, identical for both drivers.
 awk -v seed="$SEED" -v n="$NOPS" -v sect="$SECT" 'BEGIN {
@@ -40,11 +43,9 @@ while read -r op a b c d; do
 	snap)
 		[ $nsnap -ge 4 ] && continue
 		nsnap=$((nsnap + 1))
-		dmsetup suspend wl-origin
-		dd if=/dev/zero of=/dev/wl_c$nsnap bs=4k count=1 oflag=direct 2>/dev/null
-		echo "0 $SECT snapshot $O /dev/wl_c$nsnap $STORE $CHUNK" | dmsetup create wl-s$nsnap ||
-			echo "create wl-s$nsnap failed" >>"$OUT"
-		dmsetup resume wl-origin
+		dd if=/dev/zero of=/dev/wl_c$nsnap bs=4k count=1 oflag=direct 2>/dev/null || die "zero COW $nsnap"
+		snap_create wl-origin wl-s$nsnap "0 $SECT snapshot $O /dev/wl_c$nsnap $STORE $CHUNK" >>"$OUT" ||
+			die "snapshot wl-s$nsnap"
 		;;
 	ow) dd if=/tmp/wl.pat of=/dev/mapper/wl-origin bs=512 seek=$a count=$b skip=$c oflag=direct 2>/dev/null ||
 		echo "ow $a $b: error" >>"$OUT" ;;
@@ -66,6 +67,7 @@ while [ $i -le $nsnap ]; do
 done
 echo "origin status: $(dmsetup status wl-origin)" >>"$OUT"
 i=$nsnap
-while [ $i -ge 1 ]; do dmsetup remove wl-s$i; i=$((i - 1)); done
-dmsetup remove wl-origin
+while [ $i -ge 1 ]; do dmsetup remove wl-s$i || die "remove wl-s$i"; i=$((i - 1)); done
+dmsetup remove wl-origin || die "remove wl-origin"
 nullb_remove wl_o; for i in 1 2 3 4; do nullb_remove wl_c$i; done
+[ $nsnap -ge 1 ] || die "no snapshot was taken"
