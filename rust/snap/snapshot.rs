@@ -31,18 +31,26 @@ pub(crate) struct Tracked {
 
 /// Opens the devices and checks the store arguments in `snapshot_ctr`'s
 /// order; returns what the store needs.
+///
+/// The COW is opened first, with the table's mode, then the origin with a
+/// narrower one. Upstream opens the origin first: when both name the same
+/// device, the COW's wider mode makes dm core replace the table device the
+/// origin got (`upgrade_mode` puts the old `dm_dev`), and the check that
+/// they differ reads freed memory (KASAN: slab-use-after-free in
+/// `snapshot_ctr`). Opened the other way round, the second open finds the
+/// device's mode wide enough and both get the same live `dm_dev`. The
+/// errors keep upstream's precedence: a bad origin is reported first.
 fn open_devices(
     setup: &mut Setup<'_>,
     args: &SnapshotArgs<'_>,
     merge: bool,
 ) -> Result<(crate::dm::TableDev, crate::dm::TableDev, StoreKind, u32), CtrError> {
     let origin_mode = if merge { BLK_OPEN_WRITE } else { BLK_OPEN_READ };
+    let cow = setup.get_device(args.cow);
     let origin = setup
         .get_device_mode(args.origin, origin_mode)
         .map_err(|e| CtrError::new(c"Cannot get origin device", e))?;
-    let cow = setup
-        .get_device(args.cow)
-        .map_err(|e| CtrError::new(c"Cannot get COW device", e))?;
+    let cow = cow.map_err(|e| CtrError::new(c"Cannot get COW device", e))?;
     if cow.same_bdev(&origin) {
         return Err(CtrError::new(
             c"COW device cannot be the same as origin device",

@@ -108,14 +108,17 @@ nullb_remove() {
 }
 
 # dm_error NAME TABLE: tries to create NAME and prints the ti->error that dm
-# logged ("<target>: <message> (<errno>)"), or "created" if it worked.
+# logged ("<target>: <message> (<errno>)"), or "created" if it worked. Only
+# the target's own line counts, not what dm logs after it (a table teardown
+# warning). The log is cleared first; scripts/vm-run reads the kernel log as
+# it is streamed, so clearing it hides nothing from the splat check.
 dm_error() {
 	dmesg -c >/dev/null
 	if echo "$2" | dmsetup create "$1" 2>/dev/null; then
 		dmsetup remove "$1"; echo created; return
 	fi
 	dmsetup remove "$1" 2>/dev/null
-	dmesg | sed -n 's/.*device-mapper: table: [0-9]*:[0-9]*: //p' | tail -1
+	dmesg | sed -n 's/.*device-mapper: table: [0-9]*:[0-9]*: \(snapshot[a-z-]*: \)/\1/p' | tail -1
 }
 
 # Data helpers: a deterministic 4 KiB-aligned pattern file of N MiB.

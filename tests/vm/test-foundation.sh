@@ -69,14 +69,24 @@ BAD_LINES="0 1000 snapshot-origin
 0 1000 snapshot $NB $NB2 P 8 2 discard_passdown_origin bogus
 0 1000 snapshot /dev/nope $NB2 P 8
 0 1000 snapshot $NB /dev/nope P 8
-0 1000 snapshot $NB $NB P 8
 0 1000 snapshot $NB $NB2 X 8
 0 1000 snapshot $NB $NB2 P 12
 0 1000 snapshot $NB $NB2 P 16k
 0 1000 snapshot $NB $NB2 P 4194304
-0 1000 snapshot-merge $NB $NB2
-0 1000 snapshot-merge $NB $NB P 8"
+0 1000 snapshot-merge $NB $NB2"
 echo "$BAD_LINES" | while IFS= read -r line; do dm_error rs-bad "$line"; done >/tmp/rs-errors
+# The same device as origin and COW: refused with upstream's text, but only
+# ours is asked. Upstream opens the origin first, then the COW with the
+# wider table mode, which makes dm core replace (and free) the table device
+# the origin got; its same-device check then reads freed memory (KASAN
+# reports a slab-use-after-free in snapshot_ctr), so the C driver is not run
+# on these lines.
+expect_eq "origin and COW on the same device refused (snapshot)" \
+	"snapshot: COW device cannot be the same as origin device (-EINVAL)" \
+	"$(dm_error rs-bad "0 1000 snapshot $NB $NB P 8")"
+expect_eq "origin and COW on the same device refused (snapshot-merge)" \
+	"snapshot-merge: COW device cannot be the same as origin device (-EINVAL)" \
+	"$(dm_error rs-bad "0 1000 snapshot-merge $NB $NB P 8")"
 check "module unloads when no table uses it" rmmod dm_snap_rs
 
 # --- the C driver, same steps ---------------------------------------------

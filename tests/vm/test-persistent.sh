@@ -2,7 +2,7 @@
 # Persistent snapshots: P and PO stores, the COW format shared with the C
 # driver in both directions, reload, invalidation on disk, damaged COWs.
 # Needs the dm-snap-cow tool in /payload/files (scripts/check ships it).
-# vm-timeout: 1200
+# vm-timeout: 1400
 . "$(dirname "$0")/lib.sh"
 ktap_begin persistent 30
 TOOL=${DMSR_FILES:-/payload/files}/dm-snap-cow
