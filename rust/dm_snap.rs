@@ -69,7 +69,7 @@ impl kernel::Module for DmSnapModule {
 }
 
 /// Called by the `bucket_lockdep_selftest` module parameter (test only,
-/// lockdep kernels; see `rust/helpers.c`): 0 or a negative errno.
+/// lockdep kernels; see `rust/bucket_locks.c`): 0 or a negative errno.
 #[no_mangle]
 extern "C" fn dmsr_bucket_lockdep_inversion() -> kernel::ffi::c_int {
     match snap::cow::bucket_lockdep_inversion() {
