@@ -8,9 +8,11 @@
 //! loaded while `dm-snapshot.ko` is (dm refuses a second registration of the
 //! same target name).
 //!
-//! Layout: [`dm`] is the only place with `unsafe` FFI to device-mapper and
-//! the block layer; [`logic`] is pure code shared with userspace tests;
-//! `snap` holds the targets, written against [`dm`]'s safe types.
+//! Layout: [`dm`] and [`sync`] are the only places with `unsafe` and FFI
+//! (device-mapper, the block layer, kcopyd, locks, the exception tables'
+//! memory); [`logic`] is pure code shared with userspace tests; `snap`
+//! holds the targets, written against [`dm`]'s and [`sync`]'s safe types
+//! with no `unsafe` at all. See `Documentation/design.rst`.
 
 use kernel::prelude::*;
 
@@ -39,22 +41,23 @@ struct DmSnapModule {
     _registry: RegistryHolder,
 }
 
-/// Keeps the origin registry alive and reachable until the module goes.
-struct RegistryHolder {
-    _registry: Pin<KBox<snap::registry::Registry>>,
-}
+/// Drops the origin registry when the module goes, after the targets.
+struct RegistryHolder;
 
 impl Drop for RegistryHolder {
     fn drop(&mut self) {
-        snap::registry::Registry::uninstall();
+        // SAFETY: the target registrations, declared before this field in
+        // `DmSnapModule`, are already dropped: dm unregisters a target type
+        // only once no table uses it, so no target (and no kcopyd job of
+        // one, closed in its teardown) can reach the registry any more.
+        unsafe { snap::registry::REGISTRY.uninstall() };
     }
 }
 
 impl kernel::Module for DmSnapModule {
     fn init(module: &'static ThisModule) -> Result<Self> {
-        let registry = RegistryHolder {
-            _registry: snap::registry::Registry::install()?,
-        };
+        snap::registry::Registry::install()?;
+        let registry = RegistryHolder;
         // Same registration order as dm_snapshot_init().
         let snapshot = dm::Registration::new(module)?;
         let origin = dm::Registration::new(module)?;
@@ -72,7 +75,7 @@ impl kernel::Module for DmSnapModule {
 /// lockdep kernels; see `rust/bucket_locks.c`): 0 or a negative errno.
 #[no_mangle]
 extern "C" fn dmsr_bucket_lockdep_inversion() -> kernel::ffi::c_int {
-    match snap::cow::bucket_lockdep_inversion() {
+    match sync::tables::lockdep_inversion_selftest() {
         Ok(()) => 0,
         Err(e) => e.to_errno(),
     }

@@ -60,13 +60,6 @@ void *dmsr_mempool_alloc_nowait(mempool_t *pool)
 	return mempool_alloc(pool, GFP_NOWAIT);
 }
 
-void *dmsr_alloc_noio_atomic(size_t size)
-{
-	void *p = kmalloc(size, GFP_NOIO);
-
-	return p ? p : kmalloc(size, GFP_ATOMIC);
-}
-
 void dmsr_fsleep(unsigned long usecs)
 {
 	fsleep(usecs);

@@ -41,7 +41,7 @@ void dmsr_hlist_bl_lock2(struct hlist_bl_head *a, struct lockdep_map *ma,
 			 struct hlist_bl_head *b, struct lockdep_map *mb);
 void dmsr_hlist_bl_unlock2(struct hlist_bl_head *a, struct lockdep_map *ma,
 			   struct hlist_bl_head *b, struct lockdep_map *mb);
-/* Implemented in Rust (rust/snap): the lockdep self-test's inversion. */
+/* Implemented in Rust (rust/sync/tables.rs): the lockdep self-test's inversion. */
 int dmsr_bucket_lockdep_inversion(void);
 
 /* A kmalloc-backed mempool: allocations wait instead of failing. */
@@ -49,9 +49,6 @@ mempool_t *dmsr_mempool_create(int min_nr, size_t size);
 void *dmsr_mempool_alloc_noio(mempool_t *pool);
 /* The same without sleeping: NULL when neither slab nor reserve has one. */
 void *dmsr_mempool_alloc_nowait(mempool_t *pool);
-/* A completed exception: GFP_NOIO, then GFP_ATOMIC, as upstream. */
-void *dmsr_alloc_noio_atomic(size_t size);
-
 /* A slab cache for small objects allocated on the I/O path. */
 struct kmem_cache *dmsr_kmem_cache_create(const char *name, size_t size);
 /* GFP_NOIO, then GFP_ATOMIC, as upstream allocates completed exceptions. */

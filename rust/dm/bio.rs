@@ -130,7 +130,8 @@ impl OwnedBio {
         Self(ptr)
     }
 
-    fn into_raw(self) -> *mut bindings::bio {
+    /// Gives up ownership: the raw bio, for wrappers that hand it to C.
+    pub(crate) fn into_raw_ptr(self) -> *mut bindings::bio {
         let p = self.0.as_ptr();
         core::mem::forget(self);
         p
@@ -138,13 +139,13 @@ impl OwnedBio {
 
     /// Gives the bio back to dm core to submit (`DM_MAPIO_REMAPPED`).
     pub fn remap(self) -> Mapped {
-        self.into_raw();
+        self.into_raw_ptr();
         Mapped(sys::DM_MAPIO_REMAPPED)
     }
 
     /// Makes dm core fail the bio with an I/O error (`DM_MAPIO_KILL`).
     pub fn kill(self) -> Mapped {
-        self.into_raw();
+        self.into_raw_ptr();
         Mapped(sys::DM_MAPIO_KILL)
     }
 
@@ -152,47 +153,14 @@ impl OwnedBio {
     pub fn submit(self) {
         // SAFETY: we own the bio (type invariant) and give it to the block
         // layer, which completes it.
-        unsafe { bindings::submit_bio_noacct(self.into_raw()) };
+        unsafe { bindings::submit_bio_noacct(self.into_raw_ptr()) };
     }
 
     /// Completes the bio, successfully or with an I/O error.
     pub fn end(self, ok: bool) {
         let status = if ok { 0 } else { sys::DMSR_BLK_STS_IOERR };
         // SAFETY: we own the bio (type invariant); this completes it.
-        unsafe { sys::dmsr_bio_endio_status(self.into_raw(), status) };
-    }
-
-    /// Sets `bi_private` (free for the target's own use on a dm clone).
-    pub fn set_private(&mut self, p: *mut core::ffi::c_void) {
-        // SAFETY: we own the bio.
-        unsafe { (*self.0.as_ptr()).bi_private = p };
-    }
-
-    /// Reads `bi_private`.
-    pub fn private(&self) -> *mut core::ffi::c_void {
-        // SAFETY: we own the bio.
-        unsafe { (*self.0.as_ptr()).bi_private }
-    }
-
-    /// Hands the bio over as an opaque job pointer (e.g. kcopyd context);
-    /// [`OwnedBio::from_job`] takes it back.
-    pub fn into_job(self) -> NonNull<bindings::bio> {
-        // SAFETY: `into_raw` returns our valid, non-null bio.
-        unsafe { NonNull::new_unchecked(self.into_raw()) }
-    }
-
-    /// Takes back a bio given away with [`OwnedBio::into_job`].
-    ///
-    /// # Safety
-    ///
-    /// `job` came from `into_job` and is taken back once.
-    pub unsafe fn from_job(job: NonNull<bindings::bio>) -> Self {
-        Self(job)
-    }
-
-    /// The raw bio, for wrappers that redirect its completion.
-    pub(crate) fn as_ptr(&self) -> *mut bindings::bio {
-        self.0.as_ptr()
+        unsafe { sys::dmsr_bio_endio_status(self.into_raw_ptr(), status) };
     }
 }
 
@@ -244,7 +212,7 @@ impl BioList {
 
     /// Appends `bio`.
     pub fn push(&mut self, bio: OwnedBio) {
-        let b = bio.into_raw();
+        let b = bio.into_raw_ptr();
         // SAFETY: `b` is a bio we own; `tail`, if set, is one we own too.
         unsafe {
             (*b).bi_next = ptr::null_mut();

@@ -6,6 +6,11 @@ use kernel::bindings;
 use kernel::prelude::*;
 use kernel::str::CStr;
 
+/// Which block device a [`TableDev`] opened: equal for two opens of the
+/// same device. Only compared, never dereferenced.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct BdevKey(usize);
+
 /// A device opened for a target's table; closed (`dm_put_device`) on drop.
 ///
 /// # Invariants
@@ -81,11 +86,17 @@ impl TableDev {
         self.bdev() == other.bdev()
     }
 
-    pub(crate) fn raw_bdev(&self) -> *mut bindings::block_device {
+    /// The block device's identity, to find what else uses it (the
+    /// registry keys origins by it, as upstream keys by `bdev`).
+    pub fn key(&self) -> BdevKey {
+        BdevKey(self.bdev() as usize)
+    }
+
+    pub(in crate::dm) fn raw_bdev(&self) -> *mut bindings::block_device {
         self.bdev()
     }
 
-    pub(crate) fn raw(&self) -> *mut sys::dm_dev {
+    pub(in crate::dm) fn raw(&self) -> *mut sys::dm_dev {
         self.dev.as_ptr()
     }
 }

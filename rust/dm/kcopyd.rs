@@ -4,16 +4,24 @@
 //! C header: [`include/linux/dm-kcopyd.h`](srctree/include/linux/dm-kcopyd.h).
 //!
 //! Completions run in kcopyd's worker (process context, one at a time per
-//! client). The context of a job is a [`CopyJob`] implementor passed by
-//! pointer: no allocation per copy.
+//! client). A job's context is a [`JobPtr`]: an owning pointer handed to C
+//! for the job's lifetime and taken back, once, in its completion, so the
+//! caller never deals in raw pointers and no allocation happens per copy.
+//!
+//! A client is closed ([`Kcopyd::close`]) before whatever its jobs' contexts
+//! point into goes: closing refuses new jobs and waits until every callback
+//! has returned (`dm_kcopyd_client_destroy`).
 
 use super::device::TableDev;
 use super::OwnedBio;
 use crate::bindings as sys;
-use core::ptr::NonNull;
+use core::ptr::{self, NonNull};
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
 use kernel::bindings;
 use kernel::ffi::{c_int, c_ulong, c_void};
 use kernel::prelude::*;
+use kernel::sync::Arc;
+use kernel::types::ForeignOwnable;
 
 /// Where a copy reads or writes.
 pub struct Region<'a> {
@@ -35,25 +43,106 @@ impl Region<'_> {
     }
 }
 
-/// The context of a copy: told once when the copy is done.
-pub trait CopyJob {
-    /// Called in kcopyd's worker when the job finished; `ok` is false after
-    /// a read or write error.
+/// An owning pointer that can travel through C as a job's `void *`.
+///
+/// # Safety
+///
+/// [`JobPtr::from_raw`] of a pointer from [`JobPtr::into_raw`] gives back
+/// the same value, whose ownership the raw pointer held meanwhile.
+pub unsafe trait JobPtr: Sized + Send {
+    /// Gives up ownership to a raw pointer (never null).
+    fn into_raw(self) -> *mut c_void;
+    /// Takes ownership back.
     ///
     /// # Safety
     ///
-    /// `job` is the pointer given to [`Kcopyd::copy`] or
-    /// [`Kcopyd::write_bio`]; called exactly once per job.
-    unsafe fn done(job: NonNull<Self>, ok: bool);
+    /// `p` came from `into_raw` and is taken back once.
+    unsafe fn from_raw(p: *mut c_void) -> Self;
 }
 
-/// A kcopyd client; destroying it waits for its jobs.
-pub struct Kcopyd(NonNull<sys::dm_kcopyd_client>);
+// SAFETY: `into_foreign`/`from_foreign` are `Arc`'s own round trip.
+unsafe impl<T: Send + Sync + 'static> JobPtr for Arc<T> {
+    fn into_raw(self) -> *mut c_void {
+        self.into_foreign().cast_mut()
+    }
+    unsafe fn from_raw(p: *mut c_void) -> Self {
+        // SAFETY: `p` came from `into_foreign` (our contract), once.
+        unsafe { <Arc<T> as ForeignOwnable>::from_foreign(p) }
+    }
+}
 
-// SAFETY: a kcopyd client is used from any context that may sleep.
-unsafe impl Send for Kcopyd {}
-// SAFETY: `dm_kcopyd_copy` and friends may be called concurrently.
-unsafe impl Sync for Kcopyd {}
+/// The context of a copy: told once when the copy is done.
+pub trait CopyJob: JobPtr {
+    /// Called in kcopyd's worker when the job finished; `ok` is false after
+    /// a read or write error.
+    fn done(self, ok: bool);
+}
+
+/// The context of a zeroing bio ([`Kcopyd::zero_bio`]).
+pub trait ZeroJob: JobPtr {
+    /// The chunk was zeroed (or not: `ok`); `bio` is the caller's again.
+    fn zeroed(self, bio: OwnedBio, ok: bool);
+}
+
+/// Where a whole-chunk write waits for its completion: a job that can stand
+/// for a write ([`Kcopyd::write_full`]) carries one.
+#[derive(Default)]
+pub struct FullBioSlot {
+    bio: AtomicPtr<bindings::bio>,
+    end_io: AtomicUsize,
+    callback: AtomicPtr<c_void>,
+    done: AtomicBool,
+}
+
+impl FullBioSlot {
+    /// An empty slot.
+    pub const fn new() -> Self {
+        Self {
+            bio: AtomicPtr::new(ptr::null_mut()),
+            end_io: AtomicUsize::new(0),
+            callback: AtomicPtr::new(ptr::null_mut()),
+            done: AtomicBool::new(false),
+        }
+    }
+
+    /// The bio written through this slot, with its own completion back,
+    /// once its write has finished; `None` before that or if there is none.
+    pub fn take(&self) -> Option<OwnedBio> {
+        if !self.done.load(Ordering::Acquire) {
+            return None;
+        }
+        let b = NonNull::new(self.bio.swap(ptr::null_mut(), Ordering::AcqRel))?;
+        let end_io = self.end_io.load(Ordering::Relaxed);
+        // SAFETY: `end_io` holds the bio's original `bi_end_io`, saved by
+        // `write_full` (a function pointer or 0 for `None`).
+        let end_io: bindings::bio_end_io_t = unsafe { core::mem::transmute(end_io) };
+        // SAFETY: the write finished (`done`), so the bio is ours again: we
+        // restore its completion and own it from now on.
+        unsafe {
+            (*b.as_ptr()).bi_end_io = end_io;
+            Some(OwnedBio::from_raw(b))
+        }
+    }
+}
+
+/// A job whose context can stand for a whole-chunk write.
+///
+/// # Safety
+///
+/// `full_slot` returns the same slot every time, and it stays valid (and
+/// in place) until the job's [`CopyJob::done`] has been called.
+pub unsafe trait HasFullSlot: CopyJob {
+    /// The job's slot.
+    fn full_slot(&self) -> &FullBioSlot;
+}
+
+/// A kcopyd client; closing or dropping it waits for its jobs.
+pub struct Kcopyd {
+    client: AtomicPtr<sys::dm_kcopyd_client>,
+    /// Submissions in progress (see [`Kcopyd::close`]).
+    users: AtomicUsize,
+    closed: AtomicBool,
+}
 
 /// kcopyd's completion callback for jobs of type `J`.
 ///
@@ -61,10 +150,47 @@ unsafe impl Sync for Kcopyd {}
 ///
 /// Only kcopyd calls it, once per job, with the job's `context`.
 unsafe extern "C" fn notify<J: CopyJob>(read_err: c_int, write_err: c_ulong, context: *mut c_void) {
-    if let Some(job) = NonNull::new(context.cast::<J>()) {
-        // SAFETY: `context` is the job pointer given with this copy, and
-        // kcopyd notifies once.
-        unsafe { J::done(job, read_err == 0 && write_err == 0) };
+    // SAFETY: `context` is the job given to this copy by `into_raw`, and
+    // kcopyd notifies once.
+    let job = unsafe { J::from_raw(context) };
+    job.done(read_err == 0 && write_err == 0);
+}
+
+/// kcopyd's completion callback of a zeroing bio: `context` is the bio,
+/// its `bi_private` the job.
+///
+/// # Safety
+///
+/// Only kcopyd calls it, once, for a job set up by `zero_bio`.
+unsafe extern "C" fn notify_zero<J: ZeroJob>(
+    read_err: c_int,
+    write_err: c_ulong,
+    context: *mut c_void,
+) {
+    let Some(b) = NonNull::new(context.cast::<bindings::bio>()) else {
+        return;
+    };
+    // SAFETY: `zero_bio` handed the bio over as the context and its job as
+    // `bi_private`; both come back once, here.
+    let (bio, job) = unsafe { (OwnedBio::from_raw(b), J::from_raw((*b.as_ptr()).bi_private)) };
+    job.zeroed(bio, read_err == 0 && write_err == 0);
+}
+
+/// `bi_end_io` of a whole-chunk write: hands the completion to kcopyd.
+///
+/// # Safety
+///
+/// Only the block layer calls it, on a bio set up by `write_full`.
+unsafe extern "C" fn full_bio_end_io(bio: *mut bindings::bio) {
+    // SAFETY: set up in `write_full`: `bi_private` is the job's slot, valid
+    // until the job's `done`, which the callback below leads to, so the
+    // slot is touched only before it.
+    unsafe {
+        let slot = &*(*bio).bi_private.cast::<FullBioSlot>();
+        let cb = slot.callback.load(Ordering::Relaxed);
+        let err = c_ulong::from((*bio).bi_status != 0);
+        slot.done.store(true, Ordering::Release);
+        sys::dm_kcopyd_do_callback(cb, 0, err);
     }
 }
 
@@ -74,136 +200,124 @@ impl Kcopyd {
         // SAFETY: plain constructor; returns a pointer or an ERR_PTR.
         let p = unsafe { sys::dmsr_kcopyd_client_create() };
         let p = kernel::error::from_err_ptr(p)?;
-        NonNull::new(p).map(Self).ok_or(ENOMEM)
+        Ok(Self {
+            client: AtomicPtr::new(p),
+            users: AtomicUsize::new(0),
+            closed: AtomicBool::new(false),
+        })
     }
 
-    /// Copies `src` to `dest`, then calls `J::done(job)`. May sleep.
-    ///
-    /// # Safety
-    ///
-    /// `job` must stay valid, and not be used by anyone else in a way that
-    /// conflicts with `J::done`, until `J::done(job)` is called; nothing
-    /// but that call may end it.
-    pub unsafe fn copy<J: CopyJob>(&self, src: &Region<'_>, dest: &Region<'_>, job: NonNull<J>) {
-        let mut s = src.raw();
-        let mut d = dest.raw();
-        // SAFETY: the client is live; regions are valid for the call (kcopyd
-        // copies them); `job` stays valid until `done` (our caller's
-        // contract), which kcopyd calls once.
-        unsafe {
-            sys::dm_kcopyd_copy(
-                self.0.as_ptr(),
-                &mut s,
-                1,
-                &mut d,
-                0,
-                Some(notify::<J>),
-                job.as_ptr().cast(),
-            )
+    /// Runs `f` with the live client, unless closed. The user count and
+    /// the closed flag are each written before the other is read (SeqCst),
+    /// so `close` either sees this user or this user sees it closed.
+    fn with_client<R>(&self, f: impl FnOnce(*mut sys::dm_kcopyd_client) -> R) -> Option<R> {
+        self.users.fetch_add(1, Ordering::SeqCst);
+        let c = self.client.load(Ordering::SeqCst);
+        let r = if self.closed.load(Ordering::SeqCst) || c.is_null() {
+            None
+        } else {
+            Some(f(c))
         };
+        self.users.fetch_sub(1, Ordering::SeqCst);
+        r
     }
 
-    /// Zeroes `dest`, then calls `J::done(job)`. May sleep.
-    ///
-    /// # Safety
-    ///
-    /// As for [`Kcopyd::copy`].
-    pub unsafe fn zero<J: CopyJob>(&self, dest: &Region<'_>, job: NonNull<J>) {
-        let mut d = dest.raw();
-        // SAFETY: as in `copy`: the client is live, the region is copied
-        // by kcopyd, and `job` outlives its `done` (our caller's contract).
-        unsafe {
-            sys::dm_kcopyd_zero(
-                self.0.as_ptr(),
-                1,
-                &mut d,
-                0,
-                Some(notify::<J>),
-                job.as_ptr().cast(),
-            )
-        };
+    /// Copies `src` to `dest`, then calls `job.done()`. May sleep. A closed
+    /// client gives the job back.
+    pub fn copy<J: CopyJob>(&self, src: &Region<'_>, dest: &Region<'_>, job: J) -> Result<(), J> {
+        let (mut s, mut d) = (src.raw(), dest.raw());
+        let mut job = Some(job);
+        self.with_client(|c| {
+            let ctx = job.take().map_or(ptr::null_mut(), J::into_raw);
+            // SAFETY: the client is live (`with_client`); regions are
+            // copied by kcopyd; `ctx` owns the job until `notify`, which
+            // kcopyd calls once.
+            unsafe { sys::dm_kcopyd_copy(c, &mut s, 1, &mut d, 0, Some(notify::<J>), ctx) };
+        });
+        job.map_or(Ok(()), Err)
     }
 
-    /// Makes `bio` (already pointing at its destination) stand in for a
-    /// copy, as upstream's whole-chunk writes do: once it is written,
-    /// `J::done(job)` runs in kcopyd's worker instead of the bio's own
-    /// completion. Keep the returned [`FullBio`] where `done` finds it, then
-    /// submit the bio; [`FullBio::finish`] gives it back to be ended.
-    ///
-    /// # Safety
-    ///
-    /// As for [`Kcopyd::copy`]: `job` stays valid until `J::done(job)`,
-    /// which runs once the bio has been submitted and written.
-    pub unsafe fn redirect_completion<J: CopyJob>(
+    /// Zeroes `dest` (the chunk `bio` maps to), then calls `job.zeroed()`
+    /// with the bio. `bi_private` carries the job, as upstream's
+    /// `zero_exception`. A closed client gives both back.
+    pub fn zero_bio<J: ZeroJob>(
         &self,
-        bio: &mut OwnedBio,
-        job: NonNull<J>,
-    ) -> FullBio {
-        let b = bio.as_ptr();
-        // SAFETY: the client is live; the callback is kcopyd-allocated and
-        // consumed by `dm_kcopyd_do_callback` in `full_bio_end_io`.
-        let cb = unsafe {
-            sys::dm_kcopyd_prepare_callback(self.0.as_ptr(), Some(notify::<J>), job.as_ptr().cast())
-        };
-        // SAFETY: we own `b`; we redirect its completion to ourselves, keeping
-        // the original to restore before the real completion.
-        let saved = unsafe {
-            let saved = (*b).bi_end_io;
-            (*b).bi_end_io = Some(full_bio_end_io);
-            (*b).bi_private = cb;
-            saved
-        };
-        FullBio {
-            bio: b,
-            end_io: saved,
+        dest: &Region<'_>,
+        bio: OwnedBio,
+        job: J,
+    ) -> Result<(), (OwnedBio, J)> {
+        let mut d = dest.raw();
+        let mut parts = Some((bio, job));
+        self.with_client(|c| {
+            let Some((bio, job)) = parts.take() else {
+                return;
+            };
+            let b = bio.into_raw_ptr();
+            // SAFETY: we own the bio; `bi_private` is free for the target's
+            // use on a dm clone, and now owns the job; the client is live
+            // and kcopyd calls `notify_zero` once with the bio.
+            unsafe {
+                (*b).bi_private = job.into_raw();
+                sys::dm_kcopyd_zero(c, 1, &mut d, 0, Some(notify_zero::<J>), b.cast());
+            }
+        });
+        parts.map_or(Ok(()), Err)
+    }
+
+    /// Writes `bio` (already pointing at its COW chunk) in place of a copy,
+    /// as upstream's whole-chunk writes do: once it is written, `job.done()`
+    /// runs in kcopyd's worker instead of the bio's own completion, and the
+    /// job's [`FullBioSlot::take`] gives the bio back to be ended.
+    pub fn write_full<J: HasFullSlot>(&self, bio: OwnedBio, job: J) -> Result<(), (OwnedBio, J)> {
+        let mut parts = Some((bio, job));
+        self.with_client(|c| {
+            let Some((bio, job)) = parts.take() else {
+                return;
+            };
+            let slot: *const FullBioSlot = job.full_slot();
+            let ctx = job.into_raw();
+            // SAFETY: the client is live; the callback is consumed by
+            // `dm_kcopyd_do_callback` in `full_bio_end_io`; `ctx` owns the
+            // job until `notify`.
+            let cb = unsafe { sys::dm_kcopyd_prepare_callback(c, Some(notify::<J>), ctx) };
+            let b = bio.into_raw_ptr();
+            // SAFETY: the slot stays valid until the job's `done`
+            // (`HasFullSlot`), which follows the bio's end; we own the bio
+            // and redirect its completion there, saving the original.
+            unsafe {
+                let slot = &*slot;
+                slot.callback.store(cb, Ordering::Relaxed);
+                slot.end_io
+                    .store((*b).bi_end_io.map_or(0, |f| f as usize), Ordering::Relaxed);
+                slot.bio.store(b, Ordering::Relaxed);
+                slot.done.store(false, Ordering::Relaxed);
+                (*b).bi_end_io = Some(full_bio_end_io);
+                (*b).bi_private = ptr::from_ref(slot).cast_mut().cast();
+                bindings::submit_bio_noacct(b);
+            }
+        });
+        parts.map_or(Ok(()), Err)
+    }
+
+    /// Refuses new jobs, waits for submissions in progress, then destroys
+    /// the client, which waits until every job's callback has returned.
+    /// Call before anything the jobs' contexts use goes away. Sleeps.
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        while self.users.load(Ordering::SeqCst) != 0 {
+            super::fsleep_us(100);
         }
-    }
-}
-
-/// `bi_end_io` of a whole-chunk write: hands the completion to kcopyd.
-///
-/// # Safety
-///
-/// Only the block layer calls it, on a bio set up by `redirect_completion`.
-unsafe extern "C" fn full_bio_end_io(bio: *mut bindings::bio) {
-    // SAFETY: set up in `redirect_completion`: `bi_private` is the
-    // prepared callback.
-    unsafe {
-        let cb = (*bio).bi_private;
-        let err = c_ulong::from((*bio).bi_status != 0);
-        sys::dm_kcopyd_do_callback(cb, 0, err);
-    }
-}
-
-/// A whole-chunk write in flight through [`Kcopyd::redirect_completion`]:
-/// the bio and its original `bi_end_io`, to complete it once its exception
-/// is committed.
-pub struct FullBio {
-    bio: *mut bindings::bio,
-    end_io: bindings::bio_end_io_t,
-}
-
-// SAFETY: owns the bio once its write finished; bios may be ended anywhere.
-unsafe impl Send for FullBio {}
-
-impl FullBio {
-    /// Restores the original completion and returns the bio, to end it.
-    ///
-    /// # Safety
-    ///
-    /// Only after the job's `done` was called (the write has finished).
-    pub unsafe fn finish(self) -> OwnedBio {
-        // SAFETY: the write completed, so we own the bio again (contract).
-        unsafe {
-            (*self.bio).bi_end_io = self.end_io;
-            OwnedBio::from_raw(NonNull::new_unchecked(self.bio))
+        let c = self.client.swap(ptr::null_mut(), Ordering::SeqCst);
+        if !c.is_null() {
+            // SAFETY: the client is live and no one can submit to it any
+            // more; this waits for its jobs and frees it.
+            unsafe { sys::dm_kcopyd_client_destroy(c) };
         }
     }
 }
 
 impl Drop for Kcopyd {
     fn drop(&mut self) {
-        // SAFETY: the client is live; this waits for its jobs and frees it.
-        unsafe { sys::dm_kcopyd_client_destroy(self.0.as_ptr()) };
+        self.close();
     }
 }

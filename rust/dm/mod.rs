@@ -17,9 +17,11 @@ pub mod target;
 
 pub use bio::Bio;
 pub use bio::{BioList, Mapped, OwnedBio};
-pub use device::TableDev;
+pub use device::{BdevKey, TableDev};
 pub use status::{StatusBuf, StatusType};
-pub use target::{CtrError, DeviceVisitor, Registration, Setup, Target, TargetOps, TargetRef};
+pub use target::{
+    CtrError, DeviceVisitor, QueueLimits, Registration, Setup, Target, TargetOps, TargetRef,
+};
 
 /// Sleeps about `usecs` microseconds (`fsleep`). Never call it with a
 /// spinlock or bucket lock held.

@@ -11,7 +11,6 @@
 use super::bio::Mapped;
 use super::{Bio, OwnedBio, StatusBuf, StatusType, TableDev};
 use crate::bindings as sys;
-use crate::logic::table::TableError;
 use core::marker::PhantomData;
 use kernel::bindings;
 use kernel::build_error;
@@ -41,12 +40,6 @@ impl CtrError {
     }
 }
 
-impl From<TableError> for CtrError {
-    fn from(e: TableError) -> Self {
-        Self::new(e.0, EINVAL)
-    }
-}
-
 /// A device-mapper target type.
 #[vtable]
 pub trait TargetOps: Sized + Send + Sync + 'static {
@@ -71,7 +64,7 @@ pub trait TargetOps: Sized + Send + Sync + 'static {
     }
 
     /// Adjusts the queue limits of the dm device (`io_hints`).
-    fn io_hints(&self, _target: &Target, _limits: &mut bindings::queue_limits) {
+    fn io_hints(&self, _target: &Target, _limits: &mut QueueLimits<'_>) {
         build_error!(kernel::error::VTABLE_DEFAULT_ERROR)
     }
 
@@ -101,6 +94,20 @@ pub trait TargetOps: Sized + Send + Sync + 'static {
     }
 }
 
+/// The queue limits of a dm device, as `io_hints` may adjust them.
+pub struct QueueLimits<'a>(&'a mut bindings::queue_limits);
+
+impl QueueLimits<'_> {
+    /// Sets the discard granularity and the largest discard in sectors.
+    /// Upstream's snapshot target passes a sector count as the (byte-sized)
+    /// granularity, which the block layer raises to the block size; callers
+    /// that mimic it pass the same value.
+    pub fn set_discard(&mut self, granularity: u32, max_sectors: u32) {
+        self.0.discard_granularity = granularity;
+        self.0.max_hw_discard_sectors = max_sectors;
+    }
+}
+
 /// A target instance, as dm core passes it to the hooks.
 #[repr(transparent)]
 pub struct Target(Opaque<sys::dm_target>);
@@ -117,13 +124,6 @@ impl Target {
 
     fn raw(&self) -> *mut sys::dm_target {
         self.0.get()
-    }
-
-    /// First sector of the target in the dm device.
-    pub fn begin(&self) -> u64 {
-        // SAFETY: the target is valid (`from_raw` contract); `begin` is set
-        // before the constructor and never changes.
-        unsafe { (*self.raw()).begin }
     }
 
     /// Length of the target in sectors.
@@ -278,12 +278,6 @@ impl Setup<'_> {
     pub fn set_num_discard_bios(&mut self, n: u32) {
         // SAFETY: the constructor may set this field.
         unsafe { (*self.ti).num_discard_bios = n };
-    }
-
-    /// Bytes of per-bio data dm core allocates for this target.
-    pub fn set_per_io_data_size(&mut self, n: u32) {
-        // SAFETY: the constructor may set this field.
-        unsafe { (*self.ti).per_io_data_size = n };
     }
 
     /// Largest bio, in sectors, dm core sends (bios are split at multiples).
@@ -603,9 +597,10 @@ unsafe extern "C" fn io_hints_callback<T: TargetOps>(
     ti: *mut sys::dm_target,
     limits: *mut bindings::queue_limits,
 ) {
-    // SAFETY: contract.
+    // SAFETY: contract: a constructed target and limits dm core lets us
+    // change for the duration of the hook.
     let (t, target, limits) = unsafe { (private::<T>(ti), Target::from_raw(ti), &mut *limits) };
-    t.io_hints(target, limits);
+    t.io_hints(target, &mut QueueLimits(limits));
 }
 
 /// The `preresume` hook of `struct target_type` for `T`.

@@ -188,6 +188,12 @@ impl<H: Deref<Target = [L::Head]>, L: BucketLock> ExceptionTable<H, L> {
         }
     }
 
+    /// True if `b` is the bucket of `chunk` in this table (for wrappers
+    /// that must check a guard belongs to an entry they were handed).
+    pub fn holds(&self, b: &Locked<'_, L>, chunk: Chunk) -> bool {
+        ptr::eq(self.head(chunk), b.head)
+    }
+
     /// Locks the bucket of `chunk`. Keep the guard short: it spins other
     /// CPUs, with preemption off in the kernel.
     pub fn lock(&self, chunk: Chunk) -> Bucket<'_, L> {

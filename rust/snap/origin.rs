@@ -28,15 +28,15 @@ pub(crate) struct Origin {
     /// Writes are cut at multiples of the smallest snapshot chunk, so one
     /// write never spans two chunks of any snapshot; set at resume.
     split_boundary: AtomicU32,
-    _slot: OriginSlot,
+    slot: OriginSlot,
 }
 
 /// The room this origin reserved in the registry, given back on drop.
-struct OriginSlot;
+struct OriginSlot(&'static Registry);
 
 impl Drop for OriginSlot {
     fn drop(&mut self) {
-        Registry::get().release_dm_origin();
+        self.0.release_dm_origin();
     }
 }
 
@@ -52,15 +52,15 @@ impl TargetOps for Origin {
             .get_device(path)
             .map_err(|e| CtrError::new(c"Cannot get target device", e))?;
         setup.set_num_flush_bios(1);
-        Registry::get()
-            .reserve_dm_origin()
+        let reg = Registry::get().ok_or(CtrError::new(c"Snapshot registry missing", EINVAL))?;
+        reg.reserve_dm_origin()
             .map_err(|_| CtrError::new(c"Cannot allocate private origin structure", ENOMEM))?;
-        let reserved = OriginSlot;
+        let reserved = OriginSlot(reg);
         KBox::pin(
             Origin {
                 dev,
                 split_boundary: AtomicU32::new(NO_SPLIT),
-                _slot: reserved,
+                slot: reserved,
             },
             GFP_KERNEL,
         )
@@ -78,21 +78,23 @@ impl TargetOps for Origin {
         if bio.sectors() > available {
             bio.accept_partial(available);
         }
-        match do_origin(self.dev.raw_bdev(), bio, true) {
+        match do_origin(self.slot.0, self.dev.key(), bio, true) {
             Some(bio) => bio.remap(),
             None => Mapped::submitted(),
         }
     }
 
     fn resume(&self, target: &Target) {
-        let b = Registry::get()
-            .add_dm_origin(self.dev.raw_bdev(), target.handle())
+        let b = self
+            .slot
+            .0
+            .add_dm_origin(self.dev.key(), target.handle())
             .unwrap_or(NO_SPLIT);
         self.split_boundary.store(b, Ordering::Relaxed);
     }
 
     fn postsuspend(&self, target: &Target) {
-        Registry::get().remove_dm_origin(target.handle());
+        self.slot.0.remove_dm_origin(target.handle());
     }
 
     fn status(&self, _target: &Target, kind: StatusType, out: &mut StatusBuf<'_>) {

@@ -9,7 +9,7 @@
 //! Commits run in kcopyd's worker, one at a time per snapshot; the commit
 //! state is behind a mutex anyway, since invalidation also touches it.
 
-use super::cow::Pending;
+use super::copy::PendingTicket;
 use crate::dm::dmio::{DmIo, IoBuf, MetadataWq};
 use crate::dm::TableDev;
 use crate::logic::chunk::Chunk;
@@ -18,11 +18,11 @@ use crate::logic::disk_format::{
     DEFAULT_CHUNK_SECTORS, SNAP_MAGIC,
 };
 use crate::logic::persistent::{Allocator, CommitStep, Committer};
-use core::ptr::NonNull;
+use crate::sync::KVecExt;
 use core::sync::atomic::{AtomicU64, Ordering};
 use kernel::new_mutex;
 use kernel::prelude::*;
-use kernel::sync::Mutex;
+use kernel::sync::{Arc, Mutex};
 
 struct Commit {
     area: IoBuf,
@@ -31,14 +31,10 @@ struct Commit {
     /// Exceptions written to `area` but not yet on disk, to complete once
     /// it is; `spare` is the other of two preallocated lists, so that no
     /// allocation happens on the I/O path.
-    callbacks: KVec<NonNull<Pending>>,
-    spare: Option<KVec<NonNull<Pending>>>,
+    callbacks: KVec<PendingTicket>,
+    spare: Option<KVec<PendingTicket>>,
     valid: bool,
 }
-
-// SAFETY: the pending-exception pointers are owned by their snapshot and
-// only handed back to it.
-unsafe impl Send for Commit {}
 
 /// What the header said.
 pub(crate) struct Loaded {
@@ -107,7 +103,7 @@ impl PersistentIo {
         cow: &TableDev,
         table_chunk: u32,
         valid_chunk: impl Fn(u32) -> bool,
-    ) -> Result<(Pin<KBox<Self>>, Loaded), LoadError> {
+    ) -> Result<(Arc<Self>, Loaded), LoadError> {
         let io = DmIo::new().map_err(LoadError::Io)?;
         let mut chunk = table_chunk;
         if chunk == 0 {
@@ -164,7 +160,7 @@ impl PersistentIo {
         let header = IoBuf::new(chunk_bytes(chunk)).map_err(LoadError::Io)?;
         let wq = MetadataWq::new().map_err(LoadError::Io)?;
         let metadata = 2 * u64::from(chunk);
-        let pio = KBox::pin_init(
+        let pio = Arc::pin_init(
             pin_init!(PersistentIo {
                 io,
                 wq,
@@ -249,11 +245,11 @@ impl PersistentIo {
     pub(crate) fn commit(
         &self,
         cow: &TableDev,
-        pe: NonNull<Pending>,
+        pe: PendingTicket,
         old: Chunk,
         new: Chunk,
         ok: bool,
-    ) -> Option<(KVec<NonNull<Pending>>, bool)> {
+    ) -> Option<(KVec<PendingTicket>, bool)> {
         let mut guard = self.commit.lock();
         let c = &mut *guard;
         if !ok {
@@ -262,7 +258,11 @@ impl PersistentIo {
         let others = self.in_flight.fetch_sub(1, Ordering::AcqRel) - 1;
         let step = c.committer.add(c.area.as_mut_slice(), old, new, others);
         // Within the capacity reserved for a whole area: never allocates.
-        let _ = c.callbacks.push(pe, GFP_NOWAIT);
+        if c.callbacks.push(pe, GFP_NOWAIT).is_err() {
+            // Cannot happen (an area holds at most that many); the ticket
+            // is leaked loudly rather than completed early.
+            pr_err!("snapshots: commit list full\n");
+        }
         let CommitStep::Write {
             area_chunk,
             zero_next,
@@ -297,10 +297,8 @@ impl PersistentIo {
     }
 
     /// Gives back a list returned by [`PersistentIo::commit`], emptied.
-    pub(crate) fn recycle(&self, mut list: KVec<NonNull<Pending>>) {
-        // SAFETY: the elements are plain pointers (nothing to drop) that
-        // the caller has finished with.
-        unsafe { list.set_len(0) };
+    pub(crate) fn recycle(&self, mut list: KVec<PendingTicket>) {
+        list.clear_keep();
         self.commit.lock().spare = Some(list);
     }
 

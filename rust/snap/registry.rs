@@ -12,42 +12,39 @@
 //! leaves: the throttle lock
 //! ```
 //!
-//! Snapshots are registered by raw pointer: a snapshot unregisters itself
-//! (under the write lock) before it is freed, and pointers are only
-//! dereferenced under the read lock, so every registered pointer is live.
+//! The registry holds a reference to each registered snapshot; a snapshot
+//! unregisters itself (under the write lock) in its target's teardown.
 
+use super::copy::PendingTicket;
 use super::cow::Snap;
 use crate::dm::mempool::Slab;
-use crate::dm::{OwnedBio, TargetRef};
+use crate::dm::{BdevKey, OwnedBio, TargetRef};
 use crate::logic::exception_table::Exception;
 use crate::new_rwsem;
-use crate::sync::RwSem;
-use core::ptr::NonNull;
-use core::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
-use kernel::bindings;
+use crate::sync::{Global, KVecExt, RwSem};
+use core::sync::atomic::{AtomicUsize, Ordering};
 use kernel::new_condvar;
 use kernel::new_spinlock;
 use kernel::prelude::*;
-use kernel::sync::{CondVar, SpinLock};
+use kernel::sync::{Arc, CondVar, SpinLock};
 
 /// The snapshots of one origin device, largest chunk size first.
 pub(crate) struct OriginSnaps {
-    bdev: usize,
-    pub(crate) snaps: KVec<NonNull<Snap>>,
+    bdev: BdevKey,
+    snaps: KVec<Arc<Snap>>,
 }
 
 impl OriginSnaps {
-    /// Each snapshot; they are live while the registry lock is held, which
-    /// the borrow of `self` (from [`Origins`]) stands for.
-    pub(crate) fn iter(&self) -> impl Iterator<Item = &Snap> {
-        // SAFETY: registered snapshots are live while the lock is held.
-        self.snaps.iter().map(|p| unsafe { p.as_ref() })
+    /// Each snapshot (while the registry lock is held, which the borrow of
+    /// `self`, from [`Origins`], stands for).
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &Arc<Snap>> {
+        self.snaps.iter()
     }
 }
 
 /// A resumed `snapshot-origin` target of a device.
 struct DmOrigin {
-    bdev: usize,
+    bdev: BdevKey,
     ti: TargetRef,
 }
 
@@ -62,21 +59,17 @@ pub(crate) struct Origins {
     origin_targets: usize,
 }
 
-// SAFETY: the pointers are to registered snapshots, used only under the
-// registry lock (see the module doc).
-unsafe impl Send for Origins {}
-// SAFETY: as above.
-unsafe impl Sync for Origins {}
-
 impl Origins {
     /// The snapshots of origin `bdev`, if any.
-    pub(crate) fn find(&self, bdev: *mut bindings::block_device) -> Option<&OriginSnaps> {
-        self.origins.iter().find(|o| o.bdev == bdev as usize)
+    pub(crate) fn find(&self, bdev: BdevKey) -> Option<&OriginSnaps> {
+        self.origins.iter().find(|o| o.bdev == bdev)
     }
 
     /// Each registered snapshot of origin `bdev`.
-    pub(crate) fn snaps(&self, bdev: *mut bindings::block_device) -> impl Iterator<Item = &Snap> {
-        self.find(bdev).into_iter().flat_map(|o| o.iter())
+    pub(crate) fn snaps(&self, bdev: BdevKey) -> impl Iterator<Item = &Snap> {
+        self.find(bdev)
+            .into_iter()
+            .flat_map(|o| o.iter().map(|s| &**s))
     }
 
     /// The snapshots sharing `snap`'s origin and COW, itself included:
@@ -84,7 +77,7 @@ impl Origins {
     /// destination), as `__find_snapshots_sharing_cow`.
     pub(crate) fn sharing_cow(&self, snap: &Snap) -> (Option<&Snap>, Option<&Snap>) {
         let (mut src, mut dest) = (None, None);
-        for s in self.snaps(snap.origin.raw_bdev()) {
+        for s in self.snaps(snap.origin.key()) {
             if !s.cow.same_bdev(&snap.cow) {
                 continue;
             }
@@ -98,16 +91,16 @@ impl Origins {
     }
 
     /// The mapped device of a resumed origin target on `bdev`.
-    pub(crate) fn dm_origin(&self, bdev: *mut bindings::block_device) -> Option<TargetRef> {
+    pub(crate) fn dm_origin(&self, bdev: BdevKey) -> Option<TargetRef> {
         self.dm_origins
             .iter()
-            .find(|o| o.bdev == bdev as usize)
+            .find(|o| o.bdev == bdev)
             .map(|o| o.ti)
     }
 
     /// Smallest chunk size of the snapshots of `bdev` in sectors, 2^31 if
     /// none (`__minimum_chunk_size`).
-    pub(crate) fn minimum_chunk_size(&self, bdev: *mut bindings::block_device) -> u32 {
+    pub(crate) fn minimum_chunk_size(&self, bdev: BdevKey) -> u32 {
         self.snaps(bdev)
             .map(|s| s.chunk_sectors())
             .filter(|&c| c != 0)
@@ -139,13 +132,14 @@ pub(crate) struct Registry {
     pub(crate) exceptions: Slab<Exception>,
 }
 
-static REGISTRY: AtomicPtr<Registry> = AtomicPtr::new(core::ptr::null_mut());
+/// The module's registry: installed at init, dropped at exit after the
+/// targets are unregistered (`rust/dm_snap.rs`).
+pub(crate) static REGISTRY: Global<Registry> = Global::new();
 
 impl Registry {
     /// Creates the module's registry and makes it reachable from the
-    /// targets; the returned box must outlive every target (the module
-    /// drops it after unregistering them).
-    pub(crate) fn install() -> Result<Pin<KBox<Registry>>> {
+    /// targets ([`Registry::get`]).
+    pub(crate) fn install() -> Result {
         let exceptions = Slab::new(kernel::c_str!("dm_snap_rs_exception"))?;
         let r = KBox::pin_init(
             pin_init!(Registry {
@@ -158,22 +152,13 @@ impl Registry {
             }),
             GFP_KERNEL,
         )?;
-        REGISTRY.store(&*r as *const Registry as *mut Registry, Ordering::Release);
-        Ok(r)
+        REGISTRY.install(r)
     }
 
-    /// Makes the registry unreachable (module exit, after the targets).
-    pub(crate) fn uninstall() {
-        REGISTRY.store(core::ptr::null_mut(), Ordering::Release);
-    }
-
-    /// The module's registry.
-    pub(crate) fn get() -> &'static Registry {
-        let p = REGISTRY.load(Ordering::Acquire);
-        // SAFETY: installed before the targets are registered and
-        // uninstalled after they are unregistered; every caller runs inside
-        // a target hook or a job of a live target, so it is set and alive.
-        unsafe { &*p }
+    /// The module's registry (targets take it in their constructor and
+    /// keep it: it outlives them).
+    pub(crate) fn get() -> Option<&'static Registry> {
+        REGISTRY.get()
     }
 
     /// Read access (`down_read(&_origins_lock)`).
@@ -185,14 +170,10 @@ impl Registry {
     /// (`register_snapshot`). If an active snapshot of the same origin uses
     /// the same COW, `snap` becomes its handover destination: `Ok(true)`.
     /// A third table on one COW, or a second destination, is refused.
-    pub(crate) fn register(
-        &self,
-        snap: NonNull<Snap>,
-        bdev: *mut bindings::block_device,
-    ) -> Result<bool, HandoverError> {
+    pub(crate) fn register(&self, snap: &Arc<Snap>) -> Result<bool, HandoverError> {
+        let bdev = snap.origin.key();
+        let me = &**snap;
         let mut o = self.origins.write();
-        // SAFETY: `snap` is the caller's live snapshot.
-        let me = unsafe { snap.as_ref() };
         let mut sharing = 0;
         let mut dest = false;
         for s in o.snaps(bdev) {
@@ -205,14 +186,13 @@ impl Registry {
             return Err(HandoverError::Pairing);
         }
         let is_dest = sharing == 1;
-        let key = bdev as usize;
-        let idx = match o.origins.iter().position(|e| e.bdev == key) {
+        let idx = match o.origins.iter().position(|e| e.bdev == bdev) {
             Some(i) => i,
             None => {
                 o.origins
                     .push(
                         OriginSnaps {
-                            bdev: key,
+                            bdev,
                             snaps: KVec::new(),
                         },
                         GFP_KERNEL,
@@ -225,29 +205,30 @@ impl Registry {
             me.state.write().handover_dest = true;
         }
         let list = &mut o.origins[idx].snaps;
-        list.push(snap, GFP_KERNEL)
+        list.push(snap.clone(), GFP_KERNEL)
             .map_err(|_| HandoverError::NoMem)?;
         sort_by_chunk(list);
         Ok(is_dest)
     }
 
     /// Re-sorts after a snapshot learnt its chunk size (`reregister_snapshot`).
-    pub(crate) fn resort(&self, bdev: *mut bindings::block_device) {
+    pub(crate) fn resort(&self, bdev: BdevKey) {
         let mut o = self.origins.write();
-        if let Some(e) = o.origins.iter_mut().find(|e| e.bdev == bdev as usize) {
+        if let Some(e) = o.origins.iter_mut().find(|e| e.bdev == bdev) {
             sort_by_chunk(&mut e.snaps);
         }
     }
 
     /// Removes `snap`; after this returns no origin write can reach it.
-    pub(crate) fn unregister(&self, snap: NonNull<Snap>) {
+    pub(crate) fn unregister(&self, snap: &Snap) {
         let mut o = self.origins.write();
         for i in 0..o.origins.len() {
             let list = &mut o.origins[i].snaps;
-            if let Some(j) = list.iter().position(|&p| p == snap) {
-                remove_at(list, j);
+            if let Some(j) = list.iter().position(|p| core::ptr::eq(&**p, snap)) {
+                // Not the last reference: the caller holds one.
+                drop(list.remove_at(j));
                 if list.is_empty() {
-                    remove_at(&mut o.origins, i);
+                    drop(o.origins.remove_at(i));
                 }
                 return;
             }
@@ -274,20 +255,10 @@ impl Registry {
 
     /// Records a resumed origin target (`origin_resume`); returns the split
     /// boundary for its writes. Never allocates (see `reserve_dm_origin`).
-    pub(crate) fn add_dm_origin(
-        &self,
-        bdev: *mut bindings::block_device,
-        ti: TargetRef,
-    ) -> Result<u32> {
+    pub(crate) fn add_dm_origin(&self, bdev: BdevKey, ti: TargetRef) -> Result<u32> {
         let mut o = self.origins.write();
         if !o.dm_origins.iter().any(|d| d.ti == ti) {
-            o.dm_origins.push(
-                DmOrigin {
-                    bdev: bdev as usize,
-                    ti,
-                },
-                GFP_NOWAIT,
-            )?;
+            o.dm_origins.push(DmOrigin { bdev, ti }, GFP_NOWAIT)?;
         }
         Ok(o.minimum_chunk_size(bdev))
     }
@@ -296,7 +267,7 @@ impl Registry {
     pub(crate) fn remove_dm_origin(&self, ti: TargetRef) {
         let mut o = self.origins.write();
         if let Some(i) = o.dm_origins.iter().position(|d| d.ti == ti) {
-            remove_at(&mut o.dm_origins, i);
+            let _ = o.dm_origins.remove_at(i);
         }
     }
 
@@ -330,33 +301,11 @@ impl Registry {
     }
 }
 
-/// Removes element `i`, keeping the order of the others (6.12's `KVec`
-/// has no `remove`); never allocates, so it is safe in any teardown path.
-fn remove_at<T>(v: &mut KVec<T>, i: usize) {
-    let n = v.len();
-    if i >= n {
-        return;
-    }
-    for k in i..n - 1 {
-        v.swap(k, k + 1);
-    }
-    // SAFETY: element `n - 1` is initialised; we take it out and shrink the
-    // length by one so that it is not dropped twice.
-    let last = unsafe {
-        let last = core::ptr::read(v.as_ptr().add(n - 1));
-        v.set_len(n - 1);
-        last
-    };
-    drop(last);
-}
-
-fn sort_by_chunk(list: &mut KVec<NonNull<Snap>>) {
-    // SAFETY: registered snapshots are live; the caller holds the write lock.
-    let chunk = |p: NonNull<Snap>| unsafe { p.as_ref() }.chunk_sectors();
+fn sort_by_chunk(list: &mut KVec<Arc<Snap>>) {
     // Insertion sort: lists are a handful long. Largest chunk first.
     for i in 1..list.len() {
         let mut j = i;
-        while j > 0 && chunk(list[j - 1]) < chunk(list[j]) {
+        while j > 0 && list[j - 1].chunk_sectors() < list[j].chunk_sectors() {
             list.swap(j - 1, j);
             j -= 1;
         }
@@ -368,11 +317,11 @@ fn sort_by_chunk(list: &mut KVec<NonNull<Snap>>) {
 /// it can go to the origin now. `limit` applies the COW throttle (writes
 /// through the origin target; not retries).
 pub(crate) fn do_origin(
-    bdev: *mut bindings::block_device,
+    reg: &Registry,
+    bdev: BdevKey,
     bio: OwnedBio,
     limit: bool,
 ) -> Option<OwnedBio> {
-    let reg = Registry::get();
     loop {
         let origins = reg.read();
         // One registry lookup per write, as upstream's `__lookup_origin`.
@@ -398,14 +347,16 @@ pub(crate) fn do_origin(
 fn origin_write(o: &OriginSnaps, bio: OwnedBio) -> Option<OwnedBio> {
     let sector = bio.sector();
     let mut bio = Some(bio);
-    let mut start_last: Option<NonNull<super::cow::Pending>> = None;
+    let mut start_last: Option<(&Snap, PendingTicket)> = None;
     for s in o.iter() {
-        s.origin_write_one(sector, &mut bio, &mut start_last);
+        if let Some(t) = Snap::origin_write_one(s, sector, &mut bio) {
+            start_last = Some((s, t));
+        }
     }
-    if let Some(pe) = start_last {
-        // SAFETY: the pending exception was marked started by us and is
-        // not completed before its copy is started.
-        unsafe { Snap::start_copy(pe) };
+    // The copy the write waits on starts last, as upstream's
+    // `pe_to_start_last`: the others are under way by then.
+    if let Some((s, t)) = start_last {
+        s.start_copy(t);
     }
     bio
 }

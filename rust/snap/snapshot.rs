@@ -2,26 +2,29 @@
 //! writer see (upstream's `snapshot_ctr`, `snapshot_map`, `snapshot_status`
 //! and friends). The copy-on-write machinery is in [`super::cow`].
 
-use super::cow::{Snap, SnapArgs, SnapInitError};
-use super::persistent::{LoadError, PersistentIo};
+use super::copy::{Found, Pending, PendingTicket};
+use super::cow::{Snap, SnapArgs, SnapInitError, State};
+use super::persistent::{LoadError, Loaded, PersistentIo};
 use super::registry::{HandoverError, Registry};
 use super::store::Store;
 use crate::dm::target::{BLK_OPEN_READ, BLK_OPEN_WRITE};
 use crate::dm::{
-    Bio, CtrError, DeviceVisitor, Mapped, OwnedBio, Setup, StatusBuf, StatusType, Target, TargetOps,
+    Bio, CtrError, DeviceVisitor, Mapped, OwnedBio, QueueLimits, Setup, StatusBuf, StatusType,
+    TableDev, Target, TargetOps,
 };
-use crate::logic::chunk::ChunkGeometry;
+use crate::logic::chunk::{Chunk, ChunkGeometry};
 use crate::logic::persistent::Allocator;
 use crate::logic::table::{
     parse_chunk_size, parse_snapshot, parse_store_kind, SnapshotArgs, StoreKind,
 };
 use crate::logic::transient::TransientStore;
+use crate::sync::tables::ChunkBuckets;
 use core::fmt::Write;
-use kernel::bindings;
 use kernel::c_str;
 use kernel::ffi::c_int;
 use kernel::prelude::*;
 use kernel::str::CStr;
+use kernel::sync::Arc;
 
 /// Per-bio data: the chunk a snapshot read of the origin is tracked under.
 #[derive(Default)]
@@ -44,7 +47,7 @@ fn open_devices(
     setup: &mut Setup<'_>,
     args: &SnapshotArgs<'_>,
     merge: bool,
-) -> Result<(crate::dm::TableDev, crate::dm::TableDev, StoreKind, u32), CtrError> {
+) -> Result<(TableDev, TableDev, StoreKind, u32), CtrError> {
     let origin_mode = if merge { BLK_OPEN_WRITE } else { BLK_OPEN_READ };
     let cow = setup.get_device(args.cow);
     let origin = setup
@@ -68,108 +71,119 @@ fn open_devices(
     Ok((origin, cow, kind, chunk))
 }
 
-/// A `snapshot` target.
-pub(crate) struct Snapshot {
-    snap: Pin<KBox<Snap>>,
+/// A store, its metadata I/O (persistent) and what its header said.
+type OpenedStore = (Store, Option<Arc<PersistentIo>>, Option<Loaded>);
+
+/// Opens the store named by the table: a transient store, or a persistent
+/// one with its header read (`dm_exception_store_create` and the store's
+/// `ctr`, reading only the header). Returns the store, its I/O and what the
+/// header said, for [`Snapshot::ctr`] to finish after registration.
+fn open_store(
+    kind: StoreKind,
+    chunk: u32,
+    origin: &TableDev,
+    cow: &TableDev,
+) -> Result<OpenedStore, CtrError> {
+    let StoreKind::Persistent { .. } = kind else {
+        // Chunk 0 is refused ("Chunk size not set") only after
+        // registration, as upstream: a handover destination takes its chunk
+        // size from the source at resume, so `N 0` is fine there. Until
+        // then the tables are sized as for one-sector chunks, as upstream
+        // sizes them for 0.
+        let g =
+            ChunkGeometry::new(chunk.max(1)).ok_or(CtrError::new(c"Chunk size not set", EINVAL))?;
+        return Ok((
+            Store::Transient(TransientStore::new(g, cow.nr_sectors())),
+            None,
+            None,
+        ));
+    };
+    let (cow_lbs, origin_lbs) = (
+        cow.logical_block_size() >> 9,
+        origin.logical_block_size() >> 9,
+    );
+    let valid_chunk = |c: u32| {
+        c.is_power_of_two()
+            && c % cow_lbs.max(1) == 0
+            && c % origin_lbs.max(1) == 0
+            && c <= crate::logic::table::MAX_CHUNK_SECTORS
+    };
+    let (pio, l) = PersistentIo::open(cow, chunk, valid_chunk).map_err(|e| {
+        let err = match e {
+            LoadError::Io(e) => e,
+            LoadError::Corrupt => ENXIO,
+            LoadError::Version | LoadError::ChunkSize => EINVAL,
+        };
+        CtrError::new(c"Failed to read snapshot metadata", err)
+    })?;
+    let g = ChunkGeometry::new(l.chunk)
+        .ok_or(CtrError::new(c"Failed to read snapshot metadata", EINVAL))?;
+    let cow_sectors = cow.nr_sectors();
+    let store = Store::Persistent {
+        alloc: Allocator::new(g.sectors(), cow_sectors),
+        geometry: g,
+        cow_sectors,
+    };
+    Ok((store, Some(pio), Some(l)))
 }
 
-#[vtable]
-impl TargetOps for Snapshot {
-    const NAME: &'static CStr = c_str!("snapshot");
-    const VERSION: [u32; 3] = [1, 16, 0];
-    type PerBio = Tracked;
-
-    fn ctr(setup: &mut Setup<'_>, argv: &[&[u8]]) -> Result<Pin<KBox<Self>>, CtrError> {
-        let args = parse_snapshot(argv)?;
-        let (origin, cow, kind, chunk) = open_devices(setup, &args, false)?;
-        let mut loaded = None;
-        let mut po = false;
-        let mut pio_opt = None;
-        let store = match kind {
-            StoreKind::Transient => {
-                // Chunk 0 is refused ("Chunk size not set") only after
-                // registration, as upstream: a handover destination takes
-                // its chunk size from the source at resume, so `N 0` is
-                // fine there. Until then the tables are sized as for
-                // one-sector chunks, as upstream sizes them for 0.
-                let g = ChunkGeometry::new(chunk.max(1))
-                    .ok_or(CtrError::new(c"Chunk size not set", EINVAL))?;
-                Store::Transient(TransientStore::new(g, cow.nr_sectors()))
-            }
-            StoreKind::Persistent { overflow } => {
-                let (cow_lbs, origin_lbs) = (
-                    cow.logical_block_size() >> 9,
-                    origin.logical_block_size() >> 9,
-                );
-                let valid_chunk = |c: u32| {
-                    c.is_power_of_two()
-                        && c % cow_lbs.max(1) == 0
-                        && c % origin_lbs.max(1) == 0
-                        && c <= crate::logic::table::MAX_CHUNK_SECTORS
-                };
-                let (pio, l) = PersistentIo::open(&cow, chunk, valid_chunk).map_err(|e| {
-                    let err = match e {
-                        LoadError::Io(e) => e,
-                        LoadError::Corrupt => ENXIO,
-                        LoadError::Version | LoadError::ChunkSize => EINVAL,
-                    };
-                    CtrError::new(c"Failed to read snapshot metadata", err)
-                })?;
-                let g = ChunkGeometry::new(l.chunk)
-                    .ok_or(CtrError::new(c"Failed to read snapshot metadata", EINVAL))?;
-                let cow_sectors = cow.nr_sectors();
-                loaded = Some(l);
-                po = overflow;
-                pio_opt = Some(pio);
-                Store::Persistent {
-                    alloc: Allocator::new(g.sectors(), cow_sectors),
-                    geometry: g,
-                    cow_sectors,
-                }
-            }
-        };
-        let zeroes = args.discard_zeroes_cow;
-        let passdown = args.discard_passdown_origin;
-        let snap = Snap::new(SnapArgs {
-            origin,
-            cow,
-            store,
-            pio: pio_opt,
-            po,
-            ti: setup.target().handle(),
-            discard_zeroes_cow: zeroes,
-            discard_passdown_origin: passdown,
-        })
-        .map_err(|e| match e {
-            SnapInitError::HashTables => {
-                CtrError::new(c"Unable to allocate hash table space", ENOMEM)
-            }
-            SnapInitError::Kcopyd(e) => CtrError::new(c"Could not create kcopyd client", e),
-            SnapInitError::Mempool => {
-                CtrError::new(c"Could not allocate mempool for pending exceptions", ENOMEM)
-            }
-        })?;
-        setup.set_num_flush_bios(1);
-        setup.set_num_discard_bios(match (zeroes, passdown) {
-            (false, _) => 0,
-            (true, false) => 1,
-            (true, true) => 2,
-        });
-        let dest = snap.as_ref().register().map_err(|e| match e {
-            HandoverError::NoMem => {
-                CtrError::new(c"Snapshot origin struct allocation failed", ENOMEM)
-            }
-            HandoverError::Pairing => CtrError::new(
-                c"Snapshot cow pairing for exception table handover failed",
-                EINVAL,
-            ),
-        })?;
-        if dest {
-            // A handover destination learns its chunk size (and max_io_len)
-            // when it takes over the exceptions at resume.
-            return KBox::pin(Snapshot { snap }, GFP_KERNEL)
-                .map_err(|_| CtrError::new(c"Cannot allocate private snapshot structure", ENOMEM));
+/// `ti->error` of a failed [`Snap::new`].
+fn snap_init_error(e: SnapInitError) -> CtrError {
+    match e {
+        SnapInitError::HashTables => CtrError::new(c"Unable to allocate hash table space", ENOMEM),
+        SnapInitError::Kcopyd(e) => CtrError::new(c"Could not create kcopyd client", e),
+        SnapInitError::Mempool => {
+            CtrError::new(c"Could not allocate mempool for pending exceptions", ENOMEM)
         }
+    }
+}
+
+/// `ti->error` of a failed registration.
+fn register_error(e: HandoverError) -> CtrError {
+    match e {
+        HandoverError::NoMem => CtrError::new(c"Snapshot origin struct allocation failed", ENOMEM),
+        HandoverError::Pairing => CtrError::new(
+            c"Snapshot cow pairing for exception table handover failed",
+            EINVAL,
+        ),
+    }
+}
+
+/// What a snapshot write to an uncopied chunk leaves to do once the state
+/// lock is dropped.
+enum After {
+    /// Nothing: the bio is mapped (or queued).
+    Mapped(Mapped),
+    /// Start the copy the bio was queued on.
+    Copy(PendingTicket),
+    /// Write the whole chunk in place of the copy.
+    FullWrite(PendingTicket, OwnedBio),
+    /// The COW is full.
+    NoSpace(OwnedBio),
+}
+
+/// A `snapshot` target. Dropping it shuts its snapshot down (see
+/// [`Snap::shutdown`]) before letting go of it.
+pub(crate) struct Snapshot {
+    snap: Arc<Snap>,
+}
+
+impl Drop for Snapshot {
+    fn drop(&mut self) {
+        self.snap.shutdown();
+    }
+}
+
+impl Snapshot {
+    /// Reads or initialises a persistent store's metadata (after
+    /// registration, as upstream), then sets the split boundary.
+    fn load(
+        &self,
+        setup: &mut Setup<'_>,
+        loaded: Option<Loaded>,
+        chunk: u32,
+    ) -> Result<(), CtrError> {
+        let snap = &self.snap;
         if loaded.is_none() && chunk == 0 {
             return Err(CtrError::new(c"Chunk size not set", EINVAL));
         }
@@ -188,9 +202,120 @@ impl TargetOps for Snapshot {
         }
         setup
             .set_max_io_len(snap.chunk_sectors())
-            .map_err(|e| CtrError::new(c"Maximum size of target IO is too large", e))?;
-        KBox::pin(Snapshot { snap }, GFP_KERNEL)
-            .map_err(|_| CtrError::new(c"Cannot allocate private snapshot structure", ENOMEM))
+            .map_err(|e| CtrError::new(c"Maximum size of target IO is too large", e))
+    }
+
+    /// A snapshot write to a chunk not copied yet (the second half of
+    /// `snapshot_map`): queue it on the chunk's pending exception, creating
+    /// one if needed. What needs the state lock dropped (starting a copy or
+    /// a whole-chunk write, invalidating) is returned for the caller to do
+    /// once it has dropped it.
+    fn map_uncopied_write(
+        &self,
+        state: &State,
+        locks: ChunkBuckets<'_, Pending>,
+        chunk: Chunk,
+        mut bio: OwnedBio,
+    ) -> After {
+        let s = &self.snap;
+        let g = state.geometry();
+        let (mut locks, found) = Snap::find_or_make_pending(s, state, locks, chunk);
+        let cow_chunk = match &found {
+            Found::Pending(c) => *c,
+            Found::Created(t) => t.new_chunk(),
+            // Copied while we allocated: seen under these very locks.
+            Found::Copied => match locks.complete_lookup(chunk) {
+                Some(c) => c,
+                None => return After::Mapped(bio.kill()),
+            },
+            Found::Full => return After::NoSpace(bio),
+        };
+        let sector = g.remap(bio.sector(), cow_chunk);
+        bio.set_dev(&s.cow);
+        bio.set_sector(sector);
+        match found {
+            Found::Created(t) if u64::from(bio.sectors()) == u64::from(g.sectors()) => {
+                After::FullWrite(t, bio)
+            }
+            Found::Created(t) => {
+                if let Some(b) = Snap::queue_bio(&mut locks, chunk, bio, false) {
+                    b.end(false);
+                }
+                After::Copy(t)
+            }
+            Found::Pending(_) => {
+                if let Some(b) = Snap::queue_bio(&mut locks, chunk, bio, false) {
+                    b.end(false);
+                }
+                After::Mapped(Mapped::submitted())
+            }
+            Found::Copied | Found::Full => After::Mapped(bio.remap()),
+        }
+    }
+
+    /// A bio to a chunk already copied: to the COW, where a discard of the
+    /// whole chunk zeroes it (`zero_exception`) and a partial one is passed
+    /// down.
+    fn map_copied(
+        &self,
+        g: ChunkGeometry,
+        cow_chunk: Chunk,
+        mut bio: OwnedBio,
+    ) -> Result<Mapped, OwnedBio> {
+        let sector = g.remap(bio.sector(), cow_chunk);
+        bio.set_dev(&self.snap.cow);
+        bio.set_sector(sector);
+        if bio.is_discard()
+            && u64::from(bio.sectors()) == u64::from(g.sectors())
+            && g.offset_in_chunk(sector) == 0
+        {
+            return Err(bio);
+        }
+        Ok(bio.remap())
+    }
+}
+
+#[vtable]
+impl TargetOps for Snapshot {
+    const NAME: &'static CStr = c_str!("snapshot");
+    const VERSION: [u32; 3] = [1, 16, 0];
+    type PerBio = Tracked;
+
+    fn ctr(setup: &mut Setup<'_>, argv: &[&[u8]]) -> Result<Pin<KBox<Self>>, CtrError> {
+        let reg = Registry::get().ok_or(CtrError::new(c"Snapshot registry missing", EINVAL))?;
+        let args = parse_snapshot(argv)?;
+        let (origin, cow, kind, chunk) = open_devices(setup, &args, false)?;
+        let (store, pio, loaded) = open_store(kind, chunk, &origin, &cow)?;
+        let po = matches!(kind, StoreKind::Persistent { overflow: true });
+        let (zeroes, passdown) = (args.discard_zeroes_cow, args.discard_passdown_origin);
+        let snap = Snap::new(SnapArgs {
+            origin,
+            cow,
+            store,
+            pio,
+            po,
+            ti: setup.target().handle(),
+            reg,
+            discard_zeroes_cow: zeroes,
+            discard_passdown_origin: passdown,
+        })
+        .map_err(snap_init_error)?;
+        setup.set_num_flush_bios(1);
+        setup.set_num_discard_bios(match (zeroes, passdown) {
+            (false, _) => 0,
+            (true, false) => 1,
+            (true, true) => 2,
+        });
+        let dest = Snap::register(&snap).map_err(register_error)?;
+        // From here on, a failure drops the target, which unregisters.
+        let this = KBox::pin(Snapshot { snap }, GFP_KERNEL)
+            .map_err(|_| CtrError::new(c"Cannot allocate private snapshot structure", ENOMEM))?;
+        if !dest {
+            // A handover destination learns its chunk size (and
+            // max_io_len) when it takes over the exceptions at resume.
+            this.load(setup, loaded, chunk)?;
+        }
+        Ok(this)
     }
 
     fn map(&self, _target: &Target, mut bio: OwnedBio, tracked: &mut Tracked) -> Mapped {
@@ -213,59 +338,39 @@ impl TargetOps for Snapshot {
         if !state.valid || (state.overflowed && bio.is_write()) {
             return bio.kill();
         }
-        if bio.is_discard() && s.discard_passdown_origin && bio.target_nr() != 0 {
-            // The origin half of a passed-down discard: no COW anywhere.
-            bio.set_dev(&s.origin);
-            s.track(&c, chunk);
-            tracked.chunk = Some(chunk);
-            return bio.remap();
+        let passdown = bio.is_discard() && s.discard_passdown_origin && bio.target_nr() != 0;
+        if let Some(cow_chunk) = c.lookup(chunk).filter(|_| !passdown) {
+            return match self.map_copied(g, cow_chunk, bio) {
+                Ok(m) => m,
+                Err(discard) => {
+                    drop(c);
+                    drop(state);
+                    Snap::zero_chunk(&self.snap, discard, g.sectors());
+                    Mapped::submitted()
+                }
+            };
         }
-        if let Some(cow_chunk) = c.lookup(chunk) {
-            let sector = g.remap(bio.sector(), cow_chunk);
-            bio.set_dev(&s.cow);
-            bio.set_sector(sector);
-            // A discard of a whole copied chunk zeroes it in the COW
-            // (`zero_exception`); a partial one is passed down.
-            if bio.is_discard()
-                && u64::from(bio.sectors()) == u64::from(g.sectors())
-                && g.offset_in_chunk(sector) == 0
-            {
-                drop(c);
-                drop(state);
-                s.zero_chunk(bio, g.sectors());
-                return Mapped::submitted();
-            }
-            return bio.remap();
-        }
-        if bio.is_discard() {
+        if bio.is_discard() && !passdown {
             // Nothing copied: nothing to discard, and no COW for it.
             bio.end(true);
             return Mapped::submitted();
         }
-        if !bio.is_write() {
+        if !bio.is_write() || passdown {
+            // A read, or the origin half of a passed-down discard: to the
+            // origin, tracked until it completes.
             bio.set_dev(&s.origin);
             s.track(&c, chunk);
             tracked.chunk = Some(chunk);
             return bio.remap();
         }
-        let locks = c.with_pending(s, chunk);
-        let (locks, r) = s.find_or_make_pending(&state, locks, chunk);
-        let pe = match r {
-            Ok(Some(pe)) => pe,
-            Ok(None) => {
-                // Copied while we allocated: `find_or_make_pending` saw the
-                // completed exception under these very locks.
-                let Some(cow_chunk) = Snap::lookup_complete(&locks, chunk) else {
-                    return bio.kill();
-                };
-                let sector = g.remap(bio.sector(), cow_chunk);
-                bio.set_dev(&s.cow);
-                bio.set_sector(sector);
-                return bio.remap();
-            }
-            Err(()) => {
-                drop(locks);
-                drop(state);
+        let locks = c.with_pending(&s.pending, chunk);
+        let after = self.map_uncopied_write(&state, locks, chunk, bio);
+        drop(state);
+        match after {
+            After::Mapped(m) => return m,
+            After::Copy(t) => s.start_copy(t),
+            After::FullWrite(t, bio) => s.start_full_bio(t, bio),
+            After::NoSpace(bio) => {
                 // The COW is full: `PO` overflows (writes fail, reads
                 // work), anything else invalidates.
                 if s.po {
@@ -275,24 +380,6 @@ impl TargetOps for Snapshot {
                 }
                 return bio.kill();
             }
-        };
-        let sector = g.remap(bio.sector(), Snap::pending_cow_chunk(pe));
-        bio.set_dev(&s.cow);
-        bio.set_sector(sector);
-        if u64::from(bio.sectors()) == u64::from(g.sectors())
-            && Snap::claim_for_full_write(&locks, pe)
-        {
-            drop(locks);
-            drop(state);
-            // SAFETY: we just claimed (started) `pe`; no lock is held.
-            unsafe { Snap::start_full_bio(pe, bio) };
-            return Mapped::submitted();
-        }
-        if Snap::queue_snapshot_bio(&locks, pe, bio) {
-            drop(locks);
-            drop(state);
-            // SAFETY: we just marked `pe` started; no lock is held.
-            unsafe { Snap::start_copy(pe) };
         }
         Mapped::submitted()
     }
@@ -305,7 +392,7 @@ impl TargetOps for Snapshot {
 
     fn preresume(&self, _target: &Target) -> Result {
         let s = &*self.snap;
-        let o = Registry::get().read();
+        let o = s.reg.read();
         if let (Some(src), Some(_)) = o.sharing_cow(s) {
             if core::ptr::eq(src, s) {
                 pr_err!("snapshots: Unable to resume snapshot source until handover completes.\n");
@@ -326,10 +413,10 @@ impl TargetOps for Snapshot {
         // snapshot-origin) while this snapshot becomes active, so no origin
         // write is half-way through the COW decision.
         let s = &*self.snap;
-        let reg = Registry::get();
+        let reg = s.reg;
         let held = {
             let o = reg.read();
-            o.dm_origin(s.origin.raw_bdev())
+            o.dm_origin(s.origin.key())
                 .map(|ti| ti.md())
                 .filter(|md| *md != target.handle().md())
                 .and_then(|md| md.hold())
@@ -348,7 +435,7 @@ impl TargetOps for Snapshot {
             }
         }
         drop(held);
-        reg.resort(s.origin.raw_bdev());
+        reg.resort(s.origin.key());
         s.activate();
     }
 
@@ -419,13 +506,12 @@ impl TargetOps for Snapshot {
         visit.visit(&s.cow, 0, s.cow.nr_sectors())
     }
 
-    fn io_hints(&self, _target: &Target, limits: &mut bindings::queue_limits) {
+    fn io_hints(&self, _target: &Target, limits: &mut QueueLimits<'_>) {
         let s = &*self.snap;
         if s.discard_zeroes_cow {
             // Upstream's values (a sector count in the byte-sized granularity
             // field, which the block layer raises to the block size).
-            limits.discard_granularity = s.chunk_sectors();
-            limits.max_hw_discard_sectors = s.chunk_sectors();
+            limits.set_discard(s.chunk_sectors(), s.chunk_sectors());
         }
     }
 }

@@ -71,11 +71,6 @@ impl<T> RwSem<T> {
         unsafe { crate::bindings::dmsr_down_write_nested(self.sem.get()) };
         WriteGuard { lock: self }
     }
-
-    /// The data, without locking, when no one else can reach the semaphore.
-    pub fn get_mut(&mut self) -> &mut T {
-        self.data.get_mut()
-    }
 }
 
 /// Shared access to an [`RwSem`]'s data; released on drop.

@@ -1,0 +1,427 @@
+//! Pending exceptions and their copies (upstream's
+//! `__find_pending_exception`, `start_copy`, `start_full_bio`,
+//! `copy_callback`, `complete_exception` and `pending_complete`): a write
+//! to a chunk not yet copied gets a pending exception, its COW chunk is
+//! allocated, the origin chunk is copied through dm-kcopyd (or the whole
+//! chunk written at once), and on completion the exception moves to the
+//! complete table and the writes that waited are released.
+//!
+//! Nothing sleeps under a bucket lock: a pending exception is allocated
+//! from the mempool without sleeping under the locks when memory is at
+//! hand, else with the buckets unlocked and both tables looked at again;
+//! copies are started, bios submitted and ended, and conflicting reads
+//! waited for only with the buckets unlocked.
+
+use super::cow::{Snap, State};
+use super::persistent::PersistentIo;
+use super::registry::do_origin;
+use crate::dm::kcopyd::{CopyJob, Region, ZeroJob};
+use crate::dm::{BioList, OwnedBio};
+use crate::logic::chunk::{Chunk, ChunkGeometry};
+use crate::sync::tables::{ChunkBuckets, NewException, PendingBox, PendingData, Ticket};
+use crate::sync::KVecExt;
+use kernel::prelude::*;
+use kernel::sync::Arc;
+
+/// Pending exceptions reserved in the mempool (upstream's `MIN_IOS`).
+pub(crate) const MIN_IOS: i32 = 256;
+
+/// What a pending exception knows from its allocation on.
+pub(crate) struct PendingCtx {
+    snap: Arc<Snap>,
+    geometry: ChunkGeometry,
+}
+
+/// The bios waiting for a copy (under the chunk's bucket locks).
+pub(crate) struct Pending {
+    origin_bios: BioList,
+    snapshot_bios: BioList,
+}
+
+impl PendingData for Pending {
+    type Ctx = PendingCtx;
+}
+
+/// A pending exception in flight.
+pub(crate) type PendingTicket = Ticket<Pending>;
+
+/// What a write that found no completed exception finds.
+pub(crate) enum Found {
+    /// A pending exception whose copy is already started, with its COW chunk.
+    Pending(Chunk),
+    /// A new pending exception: the caller starts its copy.
+    Created(PendingTicket),
+    /// The chunk got copied while the buckets were unlocked.
+    Copied,
+    /// The COW is full.
+    Full,
+}
+
+impl Snap {
+    fn new_pending(s: &Arc<Snap>, st: &State) -> (PendingCtx, Pending) {
+        let ctx = PendingCtx {
+            snap: s.clone(),
+            geometry: st.geometry(),
+        };
+        let data = Pending {
+            origin_bios: BioList::new(),
+            snapshot_bios: BioList::new(),
+        };
+        (ctx, data)
+    }
+
+    /// Allocates a COW chunk for `pe` and inserts it in the pending table
+    /// (`__insert_pending_exception`); [`Found::Full`] (and `pe` freed)
+    /// when the COW is full.
+    fn insert_pending(
+        &self,
+        st: &State,
+        locks: &mut ChunkBuckets<'_, Pending>,
+        mut pe: PendingBox<Pending>,
+    ) -> Found {
+        let mut a = st.alloc();
+        let Some(c) = a.store.prepare_exception() else {
+            return Found::Full;
+        };
+        pe.set_new_chunk(c);
+        if let Some(p) = st.exc.pio.as_ref() {
+            a.order.push(&mut pe);
+            p.prepared();
+        }
+        drop(a);
+        match locks.pending_insert(pe) {
+            Ok(t) => Found::Created(t),
+            Err(_) => {
+                pr_err!("snapshots: pending exception in the wrong bucket\n");
+                Found::Full
+            }
+        }
+    }
+
+    /// Finds or creates the pending exception of `chunk` for a write that
+    /// found no completed exception under `locks` (`__find_pending_exception`
+    /// and its callers). A new one comes from the mempool without sleeping,
+    /// under the locks, when memory is at hand; else, as upstream always
+    /// does, with the buckets unlocked, and both tables are checked again.
+    pub(crate) fn find_or_make_pending<'a>(
+        s: &'a Arc<Snap>,
+        st: &'a State,
+        mut locks: ChunkBuckets<'a, Pending>,
+        chunk: Chunk,
+    ) -> (ChunkBuckets<'a, Pending>, Found) {
+        if let Some((new, _)) = locks.pending_find(chunk) {
+            return (locks, Found::Pending(new));
+        }
+        // No unlock since the caller's lookups: nothing changed for this
+        // chunk, the new exception goes straight in.
+        let (ctx, data) = Self::new_pending(s, st);
+        if let Some(pe) = s.pending.try_alloc(chunk, ctx, data) {
+            let r = s.insert_pending(st, &mut locks, pe);
+            return (locks, r);
+        }
+        drop(locks);
+        let (ctx, data) = Self::new_pending(s, st);
+        let pe = s.pending.alloc(chunk, ctx, data);
+        let mut locks = s.lock_chunk(st, chunk);
+        if let Some((new, _)) = locks.pending_find(chunk) {
+            return (locks, Found::Pending(new));
+        }
+        if locks.complete_lookup(chunk).is_some() {
+            return (locks, Found::Copied);
+        }
+        let r = s.insert_pending(st, &mut locks, pe);
+        (locks, r)
+    }
+
+    /// Queues `bio` on the pending exception of `chunk` (an origin write
+    /// if `origin`, else a snapshot write); gives it back if there is none.
+    pub(crate) fn queue_bio(
+        locks: &mut ChunkBuckets<'_, Pending>,
+        chunk: Chunk,
+        bio: OwnedBio,
+        origin: bool,
+    ) -> Option<OwnedBio> {
+        let Some((_, p)) = locks.pending_find(chunk) else {
+            return Some(bio);
+        };
+        if origin {
+            p.origin_bios.push(bio);
+        } else {
+            p.snapshot_bios.push(bio);
+        }
+        None
+    }
+
+    /// One snapshot's part of an origin write to `sector` (`__origin_write`
+    /// loop body): makes sure the chunk is copied and queues `bio` on the
+    /// first pending exception it needs. A copy it creates for another
+    /// snapshot starts at once; the one `bio` waits on is returned, to be
+    /// started after every snapshot has been seen. Holds the registry lock.
+    pub(crate) fn origin_write_one(
+        s: &Arc<Snap>,
+        sector: u64,
+        bio: &mut Option<OwnedBio>,
+    ) -> Option<PendingTicket> {
+        if sector >= s.ti.table_size() {
+            return None;
+        }
+        let state = s.state.read();
+        let chunk = state.geometry().chunk_of(sector);
+        let c = s.lock_complete(&state, chunk);
+        if !state.valid || !state.active {
+            return None;
+        }
+        // Copied, and no snapshot read still reading the origin chunk: the
+        // write may go on, and the pending bucket need not be locked (the
+        // rewrite of a copied chunk, the common case). A pending exception
+        // that still exists for a copied chunk (`pending_complete` waiting
+        // for such reads) shows as a tracked read here, and so does not
+        // escape the check below.
+        let copied = c.lookup(chunk).is_some();
+        if copied && !s.maybe_tracked(&c, chunk) {
+            return None;
+        }
+        // The complete bucket stays locked: `copied` still holds.
+        let mut locks = c.with_pending(&s.pending, chunk);
+        if copied && locks.pending_find(chunk).is_none() {
+            return None;
+        }
+        let (mut locks, found) = Self::find_or_make_pending(s, &state, locks, chunk);
+        match found {
+            Found::Copied => None,
+            Found::Full => {
+                drop(locks);
+                drop(state);
+                s.invalidate(true);
+                None
+            }
+            Found::Pending(_) => {
+                if let Some(b) = bio.take() {
+                    *bio = Self::queue_bio(&mut locks, chunk, b, true);
+                }
+                None
+            }
+            Found::Created(t) => {
+                if let Some(b) = bio.take() {
+                    *bio = Self::queue_bio(&mut locks, chunk, b, true);
+                    return Some(t);
+                }
+                drop(locks);
+                drop(state);
+                s.start_copy(t);
+                None
+            }
+        }
+    }
+
+    /// Copies the origin chunk of `t` to its COW chunk (`start_copy`). Call
+    /// with no bucket lock held.
+    pub(crate) fn start_copy(&self, t: PendingTicket) {
+        let (old, new, g) = (t.old_chunk(), t.new_chunk(), t.ctx().geometry);
+        let count = g.copy_len(old, self.origin.nr_sectors());
+        let src = Region {
+            dev: &self.origin,
+            sector: g.sector_of(old),
+            count,
+        };
+        let dest = Region {
+            dev: &self.cow,
+            sector: g.sector_of(new),
+            count,
+        };
+        self.account_start_copy();
+        if let Err(t) = self.kcopyd.copy(&src, &dest, t) {
+            self.copy_done(t, false);
+        }
+    }
+
+    /// Writes a whole-chunk snapshot write straight to the COW instead of
+    /// copying the origin chunk first (`start_full_bio`); `bio` already
+    /// points at the COW chunk of `t`. Call with no bucket lock held.
+    pub(crate) fn start_full_bio(&self, t: PendingTicket, bio: OwnedBio) {
+        self.account_start_copy();
+        if let Err((bio, t)) = self.kcopyd.write_full(bio, t) {
+            bio.end(false);
+            self.copy_done(t, false);
+        }
+    }
+
+    /// Zeroes a whole copied chunk for a discard (`zero_exception`); the
+    /// bio, already pointing at the COW chunk, completes when it is done.
+    pub(crate) fn zero_chunk(s: &Arc<Snap>, bio: OwnedBio, chunk_sectors: u32) {
+        let region = Region {
+            dev: &s.cow,
+            sector: bio.sector(),
+            count: u64::from(chunk_sectors),
+        };
+        s.account_start_copy();
+        if let Err((bio, job)) = s.kcopyd.zero_bio(&region, bio, s.clone()) {
+            job.zeroed(bio, false);
+        }
+    }
+
+    /// A copy finished (`copy_callback`). The transient store completes it
+    /// at once; the persistent store completes it and the copies that
+    /// finished before it and waited for it, in allocation order (see
+    /// [`super::cow::Allocation`]). Runs in kcopyd's worker, one call at a
+    /// time per snapshot, so what one call takes out of the order is
+    /// completed before the next call takes anything.
+    fn copy_done(&self, t: PendingTicket, ok: bool) {
+        // No handover happens while a pending exception exists (both tables
+        // are quiesced for it), so the store cannot change while the taken
+        // ones are completed; the state lock must not be held across
+        // `pending_complete`, which takes it again.
+        let st = self.state.read();
+        match st.exc.pio.clone() {
+            None => {
+                drop(st);
+                self.pending_complete(t, ok);
+            }
+            Some(pio) => {
+                let (unordered, ready) = {
+                    let mut a = st.alloc();
+                    let r = a.order.finish(t, ok).err();
+                    (r, a.order.take_ready())
+                };
+                drop(st);
+                if let Some(t) = unordered {
+                    pr_err!("snapshots: pending exception out of the allocation order\n");
+                    self.pending_complete(t, false);
+                }
+                for (q, ok) in ready {
+                    self.commit(&pio, q, ok);
+                }
+            }
+        }
+        self.account_end_copy();
+    }
+
+    /// Commits the exception of a finished copy to the persistent store and
+    /// completes what the commit made durable (`complete_exception` ->
+    /// `commit_exception` -> `pending_complete`), oldest first.
+    fn commit(&self, p: &PersistentIo, t: PendingTicket, ok: bool) {
+        let (old, new) = (t.old_chunk(), t.new_chunk());
+        if let Some((mut done, valid)) = p.commit(&self.cow, t, old, new, ok) {
+            done.as_mut_slice().reverse();
+            while let Some(q) = done.pop_last() {
+                self.pending_complete(q, valid);
+            }
+            p.recycle(done);
+        }
+    }
+
+    /// Takes `t` out of the pending table (buckets locked).
+    fn take_pending(
+        locks: &mut ChunkBuckets<'_, Pending>,
+        t: Option<PendingTicket>,
+    ) -> Option<PendingBox<Pending>> {
+        match locks.pending_remove(t?) {
+            Ok(b) => Some(b),
+            Err(_) => {
+                pr_err!("snapshots: finished pending exception not in its table\n");
+                None
+            }
+        }
+    }
+
+    /// Moves the exception of `t` to the complete table, then releases or
+    /// fails the bios that waited for it (`pending_complete`).
+    fn pending_complete(&self, t: PendingTicket, success: bool) {
+        let (old, new) = (t.old_chunk(), t.new_chunk());
+        let mut error = !success;
+        let e = if error {
+            self.invalidate(false);
+            None
+        } else {
+            let e = NewException::new(&self.reg.exceptions, old, new);
+            if e.is_none() {
+                self.invalidate(true);
+                error = true;
+            }
+            e
+        };
+        // The bucket guards borrow the tables the state lock protects, so
+        // the lock is held (for read) while they are; when tracked reads
+        // must drain, both are dropped before sleeping, as upstream drops
+        // `s->lock` before `__check_for_conflicting_io`, and retaken to
+        // remove the pending exception. No handover can swap the tables
+        // meanwhile: it waits for every pending exception.
+        let mut ticket = Some(t);
+        let mut leftover = None;
+        let mut pe = None;
+        let must_wait = {
+            let state = self.state.read();
+            let mut locks = self.lock_chunk(&state, old);
+            let mut wait = false;
+            if let Some(e) = e {
+                if !state.valid {
+                    leftover = Some(e);
+                    error = true;
+                } else {
+                    // Snapshot reads of this chunk go to the COW from now
+                    // on; the pending entry keeps origin writes out
+                    // meanwhile.
+                    leftover = locks.complete_insert(e);
+                    wait = self.tracking.busy(old);
+                }
+            }
+            if !wait {
+                pe = Self::take_pending(&mut locks, ticket.take());
+            }
+            wait
+        };
+        if must_wait {
+            self.wait_for_tracked(old);
+            let state = self.state.read();
+            let mut locks = self.lock_chunk(&state, old);
+            pe = Self::take_pending(&mut locks, ticket.take());
+        }
+        drop(leftover);
+        if let Some(pe) = pe {
+            self.release_bios(pe, error);
+        }
+    }
+
+    /// Ends the whole-chunk write and the snapshot writes of a completed
+    /// pending exception, or submits them, and retries its origin writes;
+    /// then frees it.
+    fn release_bios(&self, mut pe: PendingBox<Pending>, error: bool) {
+        let data = pe.data();
+        let mut snapshot_bios = data.snapshot_bios.take();
+        let mut origin_bios = data.origin_bios.take();
+        if let Some(f) = pe.full_slot().take() {
+            f.end(!error);
+        }
+        while let Some(b) = snapshot_bios.pop() {
+            if error {
+                b.end(false);
+            } else {
+                b.submit();
+            }
+        }
+        while let Some(b) = origin_bios.pop() {
+            if let Some(b) = do_origin(self.reg, self.origin.key(), b, false) {
+                b.submit();
+            }
+        }
+        drop(pe);
+    }
+}
+
+impl CopyJob for PendingTicket {
+    fn done(self, ok: bool) {
+        // Our own reference: the ticket's goes with its pending exception,
+        // freed before this returns. Never the last one: the target closes
+        // the kcopyd client, which waits for this callback, before it
+        // drops its own.
+        let s = self.ctx().snap.clone();
+        s.copy_done(self, ok);
+    }
+}
+
+impl ZeroJob for Arc<Snap> {
+    fn zeroed(self, bio: OwnedBio, ok: bool) {
+        self.account_end_copy();
+        bio.end(ok);
+    }
+}
