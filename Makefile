@@ -36,6 +36,7 @@ module: kernel
 	+$(KMAKE) modules
 
 clippy: kernel
+	$(ROOT)/scripts/layer-check
 	+$(KMAKE) CLIPPY=1 modules
 
 fmt:

@@ -33,6 +33,21 @@ impl Cow {
     }
 }
 
+/// Metadata areas read from the file, for [`walk_metadata`].
+struct FileAreas<'a> {
+    cow: &'a mut Cow,
+    buf: Vec<u8>,
+}
+
+impl AreaReader for FileAreas<'_> {
+    type Error = std::io::Error;
+    fn read_area(&mut self, chunk: u64) -> std::io::Result<&[u8]> {
+        let off = chunk * self.buf.len() as u64;
+        self.cow.read_at(off, &mut self.buf)?;
+        Ok(&self.buf)
+    }
+}
+
 /// Everything `check` finds; `dump` prints the same walk.
 #[derive(Default)]
 struct Report {
@@ -55,83 +70,82 @@ fn walk(cow: &mut Cow) -> std::io::Result<Report> {
     cow.read_at(0, &mut hb)?;
     let h = Header::decode(&hb).unwrap_or(Header::new(0));
     r.header = Some(h);
-    if h.magic == 0 {
-        r.notes
-            .push("header is zeroed: a new COW, no exceptions yet".into());
-        return Ok(r);
-    }
-    if h.magic != SNAP_MAGIC {
-        r.errors.push(format!(
-            "bad magic {:#010x} (want {:#010x} \"SnAp\"): Invalid or corrupt snapshot",
-            h.magic, SNAP_MAGIC
-        ));
-        return Ok(r);
-    }
-    if h.version != DISK_VERSION {
-        r.errors.push(format!(
-            "unable to handle snapshot disk version {}",
-            h.version
-        ));
-        return Ok(r);
-    }
-    let c = h.chunk_size;
-    if c == 0 || !c.is_power_of_two() || c > (i32::MAX as u32 >> 9) {
-        r.errors.push(format!("invalid chunk size {} sectors", c));
-        return Ok(r);
-    }
-    if h.valid == 0 {
+    let table_limit = dm_snap_logic::table::MAX_CHUNK_SECTORS;
+    let checked = match check_header(&h, None, |c| c.is_power_of_two() && c <= table_limit) {
+        Ok(None) => {
+            r.notes
+                .push("header is zeroed: a new COW, no exceptions yet".into());
+            return Ok(r);
+        }
+        Ok(Some(c)) => c,
+        Err(HeaderError::Corrupt(m)) => {
+            r.errors.push(format!(
+                "bad magic {:#010x} (want {:#010x} \"SnAp\"): Invalid or corrupt snapshot",
+                m, SNAP_MAGIC
+            ));
+            return Ok(r);
+        }
+        Err(HeaderError::ChunkSize(c)) => {
+            r.errors.push(format!("invalid chunk size {} sectors", c));
+            return Ok(r);
+        }
+        Err(HeaderError::Version(v)) => {
+            r.errors
+                .push(format!("unable to handle snapshot disk version {}", v));
+            return Ok(r);
+        }
+    };
+    if !checked.valid {
         r.notes
             .push("snapshot is marked invalid: its exceptions are not used".into());
         return Ok(r);
     }
+    let c = checked.chunk;
     let chunk_bytes = u64::from(c) * 512;
     let dev_chunks = cow.bytes / chunk_bytes;
     let epa = exceptions_per_area(c);
-    let mut area_buf = vec![0u8; chunk_bytes as usize];
+    let mut reader = FileAreas {
+        cow,
+        buf: vec![0u8; chunk_bytes as usize],
+    };
     let mut seen_new: HashMap<u64, (u64, u64)> = HashMap::new();
     let mut seen_old: HashMap<u64, u64> = HashMap::new();
-    let mut area = 0u64;
-    loop {
-        let loc = area_location(area, c);
-        if loc >= dev_chunks {
-            r.errors.push(format!(
-                "truncated: metadata area {} at chunk {} is beyond the device end ({} chunks); area {} was full",
-                area, loc, dev_chunks, area.saturating_sub(1)
+    let mut errors = Vec::new();
+    let mut exceptions = Vec::new();
+    let walked = walk_metadata(&mut reader, c, dev_chunks, |area, k, old, new| {
+        exceptions.push((area, old, new));
+        let where_ = format!("area {} entry {}", area, k);
+        if new >= dev_chunks {
+            errors.push(format!(
+                "{}: COW chunk {} is outside the device ({} chunks)",
+                where_, new, dev_chunks
             ));
-            break;
+        } else if (new - 1) % (epa + 1) == 0 {
+            errors.push(format!("{}: COW chunk {} is a metadata area", where_, new));
         }
-        cow.read_at(loc * chunk_bytes, &mut area_buf)?;
-        let (n, full) = area_entries(&area_buf);
-        for k in 0..n {
-            let (old, new) = read_exception(&area_buf, k);
-            r.exceptions.push((area, old, new));
-            let where_ = format!("area {} entry {}", area, k);
-            if new >= dev_chunks {
-                r.errors.push(format!(
-                    "{}: COW chunk {} is outside the device ({} chunks)",
-                    where_, new, dev_chunks
-                ));
-            } else if (new - 1) % (epa + 1) == 0 {
-                r.errors
-                    .push(format!("{}: COW chunk {} is a metadata area", where_, new));
-            }
-            if let Some((a, o)) = seen_new.insert(new, (area, old)) {
-                r.errors.push(format!(
-                    "{}: COW chunk {} already holds origin chunk {} (area {})",
-                    where_, new, o, a
-                ));
-            }
-            if let Some(a) = seen_old.insert(old, area) {
-                r.errors.push(format!(
-                    "{}: origin chunk {} mapped twice (also in area {})",
-                    where_, old, a
-                ));
-            }
+        if let Some((a, o)) = seen_new.insert(new, (area, old)) {
+            errors.push(format!(
+                "{}: COW chunk {} already holds origin chunk {} (area {})",
+                where_, new, o, a
+            ));
         }
-        if !full {
-            break;
+        if let Some(a) = seen_old.insert(old, area) {
+            errors.push(format!(
+                "{}: origin chunk {} mapped twice (also in area {})",
+                where_, old, a
+            ));
         }
-        area += 1;
+        Ok(())
+    });
+    r.exceptions = exceptions;
+    r.errors.extend(errors);
+    match walked {
+        Ok(_) => {}
+        Err(WalkError::Beyond { area, chunk }) => r.errors.push(format!(
+            "truncated: metadata area {} at chunk {} is beyond the device end ({} chunks); area {} was full",
+            area, chunk, dev_chunks, area.saturating_sub(1)
+        )),
+        Err(WalkError::Io(e)) => return Err(e),
     }
     Ok(r)
 }

@@ -106,7 +106,8 @@ pub struct MetadataWq(NonNull<bindings::workqueue_struct>);
 
 // SAFETY: workqueues are used from any context.
 unsafe impl Send for MetadataWq {}
-// SAFETY: as above.
+// SAFETY: `queue_work` and `flush_workqueue` may be called concurrently
+// from any thread; the pointer itself never changes.
 unsafe impl Sync for MetadataWq {}
 
 /// Calls the closure `run` passed through the workqueue.

@@ -130,7 +130,8 @@ impl<T> Slab<T> {
     ///
     /// `p` came from this cache's `alloc` and is not used afterwards.
     pub unsafe fn free(&self, p: NonNull<T>) {
-        // SAFETY: contract.
+        // SAFETY: `p` is a live `T` of this cache that nobody uses any
+        // more (the caller's promise), so it may be dropped and freed.
         unsafe {
             core::ptr::drop_in_place(p.as_ptr());
             bindings::kmem_cache_free(self.cache.as_ptr(), p.as_ptr().cast());

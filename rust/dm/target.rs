@@ -156,7 +156,9 @@ pub struct TargetRef(*mut sys::dm_target);
 
 // SAFETY: the dm_target calls below may be made from any process context.
 unsafe impl Send for TargetRef {}
-// SAFETY: as above.
+// SAFETY: every method only reads fields dm core does not change while the
+// target exists, or calls dm functions that take their own locks, so
+// shared use from several threads is fine.
 unsafe impl Sync for TargetRef {}
 
 impl TargetRef {
@@ -609,7 +611,8 @@ unsafe extern "C" fn io_hints_callback<T: TargetOps>(
 ///
 /// Only dm core calls it, on a constructed target.
 unsafe extern "C" fn preresume_callback<T: TargetOps>(ti: *mut sys::dm_target) -> c_int {
-    // SAFETY: contract.
+    // SAFETY: dm core calls this hook only on a target whose `ctr`
+    // succeeded, so `ti` is valid and its private data is our `T`.
     let (t, target) = unsafe { (private::<T>(ti), Target::from_raw(ti)) };
     match t.preresume(target) {
         Ok(()) => 0,

@@ -119,7 +119,8 @@ impl<T: Ordered> CompletionOrder<T> {
     ///
     /// `node` is in this order.
     pub unsafe fn finish(&mut self, node: NonNull<T>, ok: bool) {
-        // SAFETY: contract.
+        // SAFETY: `node` is in this order (caller), so it is valid and its
+        // link is ours to write under the owner's serialization.
         unsafe { (*T::link(node).as_ptr()).result = Some(ok) };
     }
 

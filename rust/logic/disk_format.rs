@@ -123,3 +123,127 @@ pub fn area_entries(area: &[u8]) -> (usize, bool) {
     }
     (epa, true)
 }
+
+/// A header that describes an existing COW, checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Checked {
+    /// The chunk size to use: the on-disk one.
+    pub chunk: u32,
+    /// The header's valid flag.
+    pub valid: bool,
+    /// `(on-disk, table)` chunk sizes when a table named another one
+    /// (upstream warns that the on-disk one wins).
+    pub overridden: Option<(u32, u32)>,
+}
+
+/// Why a header cannot be used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeaderError {
+    /// Neither zeroed nor "SnAp" ("Invalid or corrupt snapshot").
+    Corrupt(u32),
+    /// The on-disk chunk size is unusable.
+    ChunkSize(u32),
+    /// Not [`DISK_VERSION`] ("unable to handle snapshot disk version").
+    Version(u32),
+}
+
+/// Checks a header as upstream's `read_header` and `read_metadata` do, in
+/// their order: zeroed is a new COW (`Ok(None)`); a foreign magic is
+/// corrupt; an on-disk chunk size other than the table's wins if
+/// `chunk_ok` accepts it; then the version. `table` is the chunk size in
+/// use and whether the table line named it (upstream warns only then), or
+/// `None` without a table (`dm-snap-cow`): the on-disk chunk size is always
+/// checked then. The module and `dm-snap-cow` both use it, so they judge a
+/// COW the same way.
+pub fn check_header(
+    h: &Header,
+    table: Option<(u32, bool)>,
+    chunk_ok: impl Fn(u32) -> bool,
+) -> Result<Option<Checked>, HeaderError> {
+    if h.magic == 0 {
+        return Ok(None);
+    }
+    if h.magic != SNAP_MAGIC {
+        return Err(HeaderError::Corrupt(h.magic));
+    }
+    let mut overridden = None;
+    if table.map(|(c, _)| c) != Some(h.chunk_size) {
+        if let Some((c, true)) = table {
+            overridden = Some((h.chunk_size, c));
+        }
+        if !chunk_ok(h.chunk_size) {
+            return Err(HeaderError::ChunkSize(h.chunk_size));
+        }
+    }
+    if h.version != DISK_VERSION {
+        return Err(HeaderError::Version(h.version));
+    }
+    Ok(Some(Checked {
+        chunk: h.chunk_size,
+        valid: h.valid != 0,
+        overridden,
+    }))
+}
+
+/// Reads metadata areas for [`walk_metadata`]: the module through dm-io,
+/// `dm-snap-cow` from a file.
+pub trait AreaReader {
+    /// What a failed read returns.
+    type Error;
+    /// The chunk at COW chunk `chunk` (one area).
+    fn read_area(&mut self, chunk: Chunk) -> Result<&[u8], Self::Error>;
+}
+
+/// Where a metadata walk stopped early.
+#[derive(Debug, PartialEq, Eq)]
+pub enum WalkError<E> {
+    /// Area `area` would be at chunk `chunk`, beyond the device: the area
+    /// before it was full and the COW was cut short.
+    Beyond {
+        /// The area.
+        area: u64,
+        /// Its chunk.
+        chunk: Chunk,
+    },
+    /// A read, or the visitor, failed.
+    Io(E),
+}
+
+/// Where the walk ended: the last area (not full) and its entries, where
+/// commits go on filling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WalkEnd {
+    /// The area.
+    pub area: u64,
+    /// Its entries.
+    pub entries: usize,
+}
+
+/// Walks the metadata areas of a COW of `dev_chunks` chunks of
+/// `chunk_sectors` (upstream's `read_exceptions`): area after area, each
+/// entry up to the first terminator passed to `visit(area, k, old, new)`,
+/// until an area that is not full.
+pub fn walk_metadata<R: AreaReader>(
+    r: &mut R,
+    chunk_sectors: u32,
+    dev_chunks: u64,
+    mut visit: impl FnMut(u64, usize, Chunk, Chunk) -> Result<(), R::Error>,
+) -> Result<WalkEnd, WalkError<R::Error>> {
+    let mut area = 0u64;
+    loop {
+        let chunk = area_location(area, chunk_sectors);
+        if chunk >= dev_chunks {
+            return Err(WalkError::Beyond { area, chunk });
+        }
+        let buf = r.read_area(chunk).map_err(WalkError::Io)?;
+        let (n, full) = area_entries(buf);
+        for k in 0..n {
+            let (old, new) = read_exception(buf, k);
+            visit(area, k, old, new).map_err(WalkError::Io)?;
+        }
+        if !full {
+            return Ok(WalkEnd { area, entries: n });
+        }
+        area += 1;
+    }
+}

@@ -8,38 +8,41 @@
 use super::chunk::Chunk;
 use super::disk_format::{area_location, exceptions_per_area, skip_metadata, write_exception};
 
-/// The allocator: taken under the store's spinlock, never sleeps.
+/// The allocator: taken under the store's spinlock, never sleeps. The
+/// chunk size and the COW size are the caller's (the size is read at each
+/// allocation, as upstream, so a grown COW is used).
 #[derive(Debug, Clone, Copy)]
 pub struct Allocator {
-    chunk_sectors: u32,
-    cow_sectors: u64,
     /// Next COW chunk to hand out.
     pub next_free: Chunk,
 }
 
+impl Default for Allocator {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Allocator {
     /// A fresh COW: chunk 0 is the header, 1 the first area, data from 2.
-    pub fn new(chunk_sectors: u32, cow_sectors: u64) -> Self {
-        Self {
-            chunk_sectors,
-            cow_sectors,
-            next_free: 2,
-        }
+    pub fn new() -> Self {
+        Self { next_free: 2 }
     }
 
-    /// Allocates a data chunk; `None` when the COW is full.
-    pub fn prepare(&mut self) -> Option<Chunk> {
-        if self.cow_sectors < (self.next_free + 1) * u64::from(self.chunk_sectors) {
+    /// Allocates a data chunk of `chunk_sectors` on a COW of `cow_sectors`;
+    /// `None` when it is full (`persistent_prepare_exception`).
+    pub fn prepare(&mut self, chunk_sectors: u32, cow_sectors: u64) -> Option<Chunk> {
+        if cow_sectors < (self.next_free + 1) * u64::from(chunk_sectors) {
             return None;
         }
         let c = self.next_free;
-        self.next_free = skip_metadata(self.next_free + 1, self.chunk_sectors);
+        self.next_free = skip_metadata(self.next_free + 1, chunk_sectors);
         Some(c)
     }
 
     /// Sectors handed out so far, header and areas included (for status).
-    pub fn allocated_sectors(&self) -> u64 {
-        self.next_free * u64::from(self.chunk_sectors)
+    pub fn allocated_sectors(&self, chunk_sectors: u32) -> u64 {
+        self.next_free * u64::from(chunk_sectors)
     }
 
     /// Accounts for an exception read back from the metadata.
@@ -50,8 +53,8 @@ impl Allocator {
     }
 
     /// After reading every area: step over a metadata area if needed.
-    pub fn finish_read(&mut self) {
-        self.next_free = skip_metadata(self.next_free, self.chunk_sectors);
+    pub fn finish_read(&mut self, chunk_sectors: u32) {
+        self.next_free = skip_metadata(self.next_free, chunk_sectors);
     }
 }
 

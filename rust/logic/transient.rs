@@ -3,11 +3,11 @@
 
 use super::chunk::{Chunk, ChunkGeometry};
 
-/// Allocation state of a transient store.
-#[derive(Debug, Clone, Copy)]
+/// Allocation state of a transient store. The chunk geometry and the COW
+/// size are the caller's (the size is read at each allocation, as upstream,
+/// so a grown COW is used).
+#[derive(Debug, Clone, Copy, Default)]
 pub struct TransientStore {
-    geometry: ChunkGeometry,
-    cow_sectors: u64,
     next_free: u64,
 }
 
@@ -23,36 +23,27 @@ pub struct Usage {
 }
 
 impl TransientStore {
-    /// An empty store on a COW of `cow_sectors`.
-    pub fn new(geometry: ChunkGeometry, cow_sectors: u64) -> Self {
-        Self {
-            geometry,
-            cow_sectors,
-            next_free: 0,
-        }
+    /// An empty store.
+    pub fn new() -> Self {
+        Self { next_free: 0 }
     }
 
-    /// The chunk geometry.
-    pub fn geometry(&self) -> ChunkGeometry {
-        self.geometry
-    }
-
-    /// Allocates the next COW chunk; `None` when the COW is full
-    /// (`transient_prepare_exception`).
-    pub fn prepare_exception(&mut self) -> Option<Chunk> {
-        let chunk = u64::from(self.geometry.sectors());
-        if self.cow_sectors < self.next_free + chunk {
+    /// Allocates the next COW chunk of `g` on a COW of `cow_sectors`;
+    /// `None` when it is full (`transient_prepare_exception`).
+    pub fn prepare_exception(&mut self, g: ChunkGeometry, cow_sectors: u64) -> Option<Chunk> {
+        let chunk = u64::from(g.sectors());
+        if cow_sectors < self.next_free + chunk {
             return None;
         }
-        let c = self.geometry.chunk_of(self.next_free);
+        let c = g.chunk_of(self.next_free);
         self.next_free += chunk;
         Some(c)
     }
 
-    /// `transient_usage`.
-    pub fn usage(&self) -> Usage {
+    /// `transient_usage` on a COW of `cow_sectors`.
+    pub fn usage(&self, cow_sectors: u64) -> Usage {
         Usage {
-            total: self.cow_sectors,
+            total: cow_sectors,
             allocated: self.next_free,
             metadata: 0,
         }

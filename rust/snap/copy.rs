@@ -79,16 +79,19 @@ impl Snap {
         locks: &mut ChunkBuckets<'_, Pending>,
         mut pe: PendingBox<Pending>,
     ) -> Found {
-        let mut a = st.alloc();
-        let Some(c) = a.store.prepare_exception() else {
-            return Found::Full;
-        };
-        pe.set_new_chunk(c);
-        if let Some(p) = st.exc.pio.as_ref() {
-            a.order.push(&mut pe);
-            p.prepared();
+        let cow_sectors = self.cow.nr_sectors();
+        {
+            let mut guard = st.alloc();
+            let a = &mut *guard;
+            let Some(c) = a.store.prepare_exception(st.geometry(), cow_sectors) else {
+                return Found::Full;
+            };
+            pe.set_new_chunk(c);
+            if let Some(p) = a.store.io() {
+                a.order.push(&mut pe);
+                p.prepared();
+            }
         }
-        drop(a);
         match locks.pending_insert(pe) {
             Ok(t) => Found::Created(t),
             Err(_) => {
@@ -272,7 +275,8 @@ impl Snap {
         // ones are completed; the state lock must not be held across
         // `pending_complete`, which takes it again.
         let st = self.state.read();
-        match st.exc.pio.clone() {
+        let g = st.geometry();
+        match st.io() {
             None => {
                 drop(st);
                 self.pending_complete(t, ok);
@@ -289,7 +293,7 @@ impl Snap {
                     self.pending_complete(t, false);
                 }
                 for (q, ok) in ready {
-                    self.commit(&pio, q, ok);
+                    self.commit(&pio, g, q, ok);
                 }
             }
         }
@@ -299,9 +303,9 @@ impl Snap {
     /// Commits the exception of a finished copy to the persistent store and
     /// completes what the commit made durable (`complete_exception` ->
     /// `commit_exception` -> `pending_complete`), oldest first.
-    fn commit(&self, p: &PersistentIo, t: PendingTicket, ok: bool) {
+    fn commit(&self, p: &PersistentIo, g: ChunkGeometry, t: PendingTicket, ok: bool) {
         let (old, new) = (t.old_chunk(), t.new_chunk());
-        if let Some((mut done, valid)) = p.commit(&self.cow, t, old, new, ok) {
+        if let Some((mut done, valid)) = p.commit(&self.cow, g, t, old, new, ok) {
             done.as_mut_slice().reverse();
             while let Some(q) = done.pop_last() {
                 self.pending_complete(q, valid);

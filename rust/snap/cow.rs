@@ -45,9 +45,8 @@ pub(crate) struct Exceptions {
     /// (`pe_allocation_lock`).
     #[pin]
     alloc: SpinLock<Allocation>,
+    /// The chunk size, stored once: the store and its I/O are given it.
     geometry: ChunkGeometry,
-    /// The persistent store's metadata I/O; `None` for `N`.
-    pub(super) pio: Option<Arc<PersistentIo>>,
 }
 
 /// What the allocation lock protects: the store, and for the persistent
@@ -92,9 +91,10 @@ impl State {
         self.exc.alloc.lock()
     }
 
-    /// Metadata sectors of the store (0 for `N`).
-    pub(crate) fn metadata_sectors(&self) -> u64 {
-        self.exc.pio.as_ref().map_or(0, |p| p.metadata_sectors())
+    /// The persistent store's I/O (`None` for `N`), out of the allocation
+    /// lock, to use with it dropped.
+    pub(crate) fn io(&self) -> Option<Arc<PersistentIo>> {
+        self.alloc().store.io().cloned()
     }
 }
 
@@ -130,7 +130,7 @@ pub(crate) struct SnapArgs {
     pub(crate) origin: TableDev,
     pub(crate) cow: TableDev,
     pub(crate) store: Store,
-    pub(crate) pio: Option<Arc<PersistentIo>>,
+    pub(crate) geometry: ChunkGeometry,
     pub(crate) po: bool,
     pub(crate) ti: TargetRef,
     pub(crate) reg: &'static Registry,
@@ -149,7 +149,7 @@ impl Snap {
     /// Allocates the tables (sized as upstream), the kcopyd client and the
     /// pending-exception pool, in upstream's order.
     pub(crate) fn new(a: SnapArgs) -> Result<Arc<Snap>, SnapInitError> {
-        let geometry = a.store.geometry();
+        let geometry = a.geometry;
         let (nc, np) = table_sizes(a.cow.nr_sectors(), geometry.shift(), MAX_TABLE_BYTES / 8);
         // The origin's chunks, a partial last one included.
         let origin_chunks =
@@ -171,7 +171,6 @@ impl Snap {
                     "dm_snap_rs:pe_allocation"
                 ),
                 geometry,
-                pio: a.pio,
             }),
             GFP_KERNEL,
         )
@@ -278,8 +277,8 @@ impl Snap {
         } else {
             pr_err!("snapshots: Invalidating snapshot: Error reading/writing.\n");
         }
-        if let Some(p) = st.exc.pio.as_ref() {
-            p.drop_snapshot(&self.cow);
+        if let Some(p) = st.io() {
+            p.drop_snapshot(&self.cow, st.geometry());
         }
         st.valid = false;
         self.valid_hint.store(false, Ordering::Relaxed);
@@ -322,15 +321,12 @@ impl Snap {
     /// its allocator (`read_metadata`, at construction); a no-op for `N`.
     pub(crate) fn read_metadata(&self) -> Result {
         let st = self.state.read();
-        let Some(pio) = st.exc.pio.as_ref() else {
-            return Ok(());
-        };
-        let mut alloc = match &st.alloc().store {
-            Store::Persistent { alloc, .. } => *alloc,
+        let (mut alloc, pio) = match &st.alloc().store {
+            Store::Persistent { alloc, io } => (*alloc, io.clone()),
             Store::Transient(_) => return Ok(()),
         };
         let table = &st.exc.complete;
-        pio.read_exceptions(&self.cow, &mut alloc, |old, new| {
+        pio.read_exceptions(&self.cow, st.geometry(), &mut alloc, |old, new| {
             let e = table.new_exception(old, new).ok_or(ENOMEM)?;
             let merged = table.lock(old).insert(e);
             // A merged one is freed here, with the bucket unlocked.
@@ -346,8 +342,8 @@ impl Snap {
     /// Writes the header and first area of a new persistent COW.
     pub(crate) fn init_new_cow(&self) -> Result {
         let st = self.state.read();
-        match st.exc.pio.as_ref() {
-            Some(p) => p.init_new(&self.cow),
+        match st.io() {
+            Some(p) => p.init_new(&self.cow, st.geometry()),
             None => Ok(()),
         }
     }

@@ -12,10 +12,10 @@
 use super::copy::PendingTicket;
 use crate::dm::dmio::{DmIo, IoBuf, MetadataWq};
 use crate::dm::TableDev;
-use crate::logic::chunk::Chunk;
+use crate::logic::chunk::{Chunk, ChunkGeometry};
 use crate::logic::disk_format::{
-    area_entries, area_location, exceptions_per_area, read_exception, Header,
-    DEFAULT_CHUNK_SECTORS, SNAP_MAGIC,
+    area_location, check_header, exceptions_per_area, walk_metadata, AreaReader, Header,
+    HeaderError, WalkError, DEFAULT_CHUNK_SECTORS,
 };
 use crate::logic::persistent::{Allocator, CommitStep, Committer};
 use crate::sync::KVecExt;
@@ -34,6 +34,22 @@ struct Commit {
     callbacks: KVec<PendingTicket>,
     spare: Option<KVec<PendingTicket>>,
     valid: bool,
+}
+
+/// Reads metadata areas through dm-io into the commit buffer.
+struct AreaIo<'a> {
+    io: &'a DmIo,
+    cow: &'a TableDev,
+    g: ChunkGeometry,
+    buf: &'a mut IoBuf,
+}
+
+impl AreaReader for AreaIo<'_> {
+    type Error = Error;
+    fn read_area(&mut self, chunk: Chunk) -> Result<&[u8]> {
+        self.io.read(self.cow, self.g.sector_of(chunk), self.buf)?;
+        Ok(self.buf.as_slice())
+    }
 }
 
 /// What the header said.
@@ -81,7 +97,6 @@ pub(crate) enum LoadError {
 pub(crate) struct PersistentIo {
     io: DmIo,
     wq: MetadataWq,
-    chunk: u32,
     #[pin]
     commit: Mutex<Commit>,
     #[pin]
@@ -112,40 +127,33 @@ impl PersistentIo {
         let mut hb = IoBuf::new(chunk_bytes(chunk)).map_err(LoadError::Io)?;
         io.read(cow, 0, &mut hb).map_err(LoadError::Io)?;
         let h = Header::decode(hb.as_slice()).ok_or(LoadError::Io(EIO))?;
-        let loaded = if h.magic == 0 {
-            Loaded {
+        let loaded = match check_header(&h, Some((chunk, table_chunk != 0)), valid_chunk) {
+            Ok(None) => Loaded {
                 chunk,
                 new_cow: true,
                 valid: true,
                 overridden: None,
-            }
-        } else if h.magic != SNAP_MAGIC {
-            pr_warn!("snapshots: Invalid or corrupt snapshot\n");
-            return Err(LoadError::Corrupt);
-        } else {
-            let mut overridden = None;
-            if h.chunk_size != chunk {
-                if table_chunk != 0 {
-                    overridden = Some((h.chunk_size, table_chunk));
+            },
+            Ok(Some(c)) => {
+                chunk = c.chunk;
+                Loaded {
+                    chunk,
+                    new_cow: false,
+                    valid: c.valid,
+                    overridden: c.overridden,
                 }
-                if !valid_chunk(h.chunk_size) {
-                    pr_err!("snapshots: invalid on-disk chunk size {}.\n", h.chunk_size);
-                    return Err(LoadError::ChunkSize);
-                }
-                chunk = h.chunk_size;
             }
-            if h.version != 1 {
-                pr_warn!(
-                    "snapshots: unable to handle snapshot disk version {}\n",
-                    h.version
-                );
+            Err(HeaderError::Corrupt(_)) => {
+                pr_warn!("snapshots: Invalid or corrupt snapshot\n");
+                return Err(LoadError::Corrupt);
+            }
+            Err(HeaderError::ChunkSize(c)) => {
+                pr_err!("snapshots: invalid on-disk chunk size {}.\n", c);
+                return Err(LoadError::ChunkSize);
+            }
+            Err(HeaderError::Version(v)) => {
+                pr_warn!("snapshots: unable to handle snapshot disk version {}\n", v);
                 return Err(LoadError::Version);
-            }
-            Loaded {
-                chunk,
-                new_cow: false,
-                valid: h.valid != 0,
-                overridden,
             }
         };
         let epa = exceptions_per_area(chunk) as usize;
@@ -164,7 +172,6 @@ impl PersistentIo {
             pin_init!(PersistentIo {
                 io,
                 wq,
-                chunk,
                 commit <- new_mutex!(commit, "dm_snap_rs:pstore_commit"),
                 header <- new_mutex!(header, "dm_snap_rs:pstore_header"),
                 in_flight: AtomicU64::new(0),
@@ -176,21 +183,21 @@ impl PersistentIo {
         Ok((pio, loaded))
     }
 
-    fn write_header(&self, cow: &TableDev, valid: bool) -> Result {
+    fn write_header(&self, cow: &TableDev, g: ChunkGeometry, valid: bool) -> Result {
         let mut h = self.header.lock();
-        let mut hd = Header::new(self.chunk);
+        let mut hd = Header::new(g.sectors());
         hd.valid = u32::from(valid);
         hd.encode(h.as_mut_slice());
         self.io.write(cow, 0, &h, false)
     }
 
     /// Sets up a new COW: header, then an empty first area.
-    pub(crate) fn init_new(&self, cow: &TableDev) -> Result {
-        self.write_header(cow, true)?;
+    pub(crate) fn init_new(&self, cow: &TableDev, g: ChunkGeometry) -> Result {
+        self.write_header(cow, g, true)?;
         let c = self.commit.lock();
         self.io.write(
             cow,
-            area_location(0, self.chunk) * u64::from(self.chunk),
+            g.sector_of(area_location(0, g.sectors())),
             &c.zero,
             false,
         )
@@ -202,31 +209,29 @@ impl PersistentIo {
     pub(crate) fn read_exceptions(
         &self,
         cow: &TableDev,
+        g: ChunkGeometry,
         alloc: &mut Allocator,
         mut add: impl FnMut(Chunk, Chunk) -> Result,
     ) -> Result {
         let mut c = self.commit.lock();
-        let mut area = 0u64;
-        loop {
-            let sector = area_location(area, self.chunk) * u64::from(self.chunk);
-            if sector + u64::from(self.chunk) > cow.nr_sectors() {
-                return Err(EIO);
-            }
-            self.io.read(cow, sector, &mut c.area)?;
-            let (n, full) = area_entries(c.area.as_slice());
-            for k in 0..n {
-                let (old, new) = read_exception(c.area.as_slice(), k);
-                alloc.saw(new);
-                add(old, new)?;
-            }
-            if !full {
-                c.committer.current_area = area;
-                c.committer.current_committed = n;
-                break;
-            }
-            area += 1;
-        }
-        alloc.finish_read();
+        let mut r = AreaIo {
+            io: &self.io,
+            cow,
+            g,
+            buf: &mut c.area,
+        };
+        let dev_chunks = g.chunk_of(cow.nr_sectors());
+        let end = walk_metadata(&mut r, g.sectors(), dev_chunks, |_, _, old, new| {
+            alloc.saw(new);
+            add(old, new)
+        })
+        .map_err(|e| match e {
+            WalkError::Beyond { .. } => EIO,
+            WalkError::Io(e) => e,
+        })?;
+        c.committer.current_area = end.area;
+        c.committer.current_committed = end.entries;
+        alloc.finish_read(g.sectors());
         self.metadata_sectors
             .store(c.committer.metadata_sectors(), Ordering::Relaxed);
         Ok(())
@@ -245,6 +250,7 @@ impl PersistentIo {
     pub(crate) fn commit(
         &self,
         cow: &TableDev,
+        g: ChunkGeometry,
         pe: PendingTicket,
         old: Chunk,
         new: Chunk,
@@ -271,11 +277,10 @@ impl PersistentIo {
         else {
             return None;
         };
-        let chunk = u64::from(self.chunk);
         if zero_next
             && self
                 .io
-                .write(cow, next_area_chunk * chunk, &c.zero, false)
+                .write(cow, g.sector_of(next_area_chunk), &c.zero, false)
                 .is_err()
         {
             c.valid = false;
@@ -283,7 +288,7 @@ impl PersistentIo {
         if c.valid
             && self
                 .io
-                .write(cow, area_chunk * chunk, &c.area, true)
+                .write(cow, g.sector_of(area_chunk), &c.area, true)
                 .is_err()
         {
             c.valid = false;
@@ -305,10 +310,10 @@ impl PersistentIo {
     /// Makes an invalidation permanent (`persistent_drop_snapshot`): no
     /// further commits, and the header says invalid. The header is written
     /// from the metadata workqueue, as the caller may be submitting a bio.
-    pub(crate) fn drop_snapshot(&self, cow: &TableDev) {
+    pub(crate) fn drop_snapshot(&self, cow: &TableDev, g: ChunkGeometry) {
         self.commit.lock().valid = false;
         self.wq.run(|| {
-            if self.write_header(cow, false).is_err() {
+            if self.write_header(cow, g, false).is_err() {
                 pr_warn!("snapshots: write header failed\n");
             }
         });

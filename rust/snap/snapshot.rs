@@ -71,8 +71,8 @@ fn open_devices(
     Ok((origin, cow, kind, chunk))
 }
 
-/// A store, its metadata I/O (persistent) and what its header said.
-type OpenedStore = (Store, Option<Arc<PersistentIo>>, Option<Loaded>);
+/// A store, its chunk geometry and what its header said (persistent).
+type OpenedStore = (Store, ChunkGeometry, Option<Loaded>);
 
 /// Opens the store named by the table: a transient store, or a persistent
 /// one with its header read (`dm_exception_store_create` and the store's
@@ -92,11 +92,7 @@ fn open_store(
         // sizes them for 0.
         let g =
             ChunkGeometry::new(chunk.max(1)).ok_or(CtrError::new(c"Chunk size not set", EINVAL))?;
-        return Ok((
-            Store::Transient(TransientStore::new(g, cow.nr_sectors())),
-            None,
-            None,
-        ));
+        return Ok((Store::Transient(TransientStore::new()), g, None));
     };
     let (cow_lbs, origin_lbs) = (
         cow.logical_block_size() >> 9,
@@ -118,13 +114,11 @@ fn open_store(
     })?;
     let g = ChunkGeometry::new(l.chunk)
         .ok_or(CtrError::new(c"Failed to read snapshot metadata", EINVAL))?;
-    let cow_sectors = cow.nr_sectors();
     let store = Store::Persistent {
-        alloc: Allocator::new(g.sectors(), cow_sectors),
-        geometry: g,
-        cow_sectors,
+        alloc: Allocator::new(),
+        io: pio,
     };
-    Ok((store, Some(pio), Some(l)))
+    Ok((store, g, Some(l)))
 }
 
 /// `ti->error` of a failed [`Snap::new`].
@@ -285,14 +279,14 @@ impl TargetOps for Snapshot {
         let reg = Registry::get().ok_or(CtrError::new(c"Snapshot registry missing", EINVAL))?;
         let args = parse_snapshot(argv)?;
         let (origin, cow, kind, chunk) = open_devices(setup, &args, false)?;
-        let (store, pio, loaded) = open_store(kind, chunk, &origin, &cow)?;
+        let (store, geometry, loaded) = open_store(kind, chunk, &origin, &cow)?;
         let po = matches!(kind, StoreKind::Persistent { overflow: true });
         let (zeroes, passdown) = (args.discard_zeroes_cow, args.discard_passdown_origin);
         let snap = Snap::new(SnapArgs {
             origin,
             cow,
             store,
-            pio,
+            geometry,
             po,
             ti: setup.target().handle(),
             reg,
@@ -455,7 +449,7 @@ impl TargetOps for Snapshot {
                     // and nothing allocated, and counts the COW's size.
                     write!(out, "0/{} 0", s.cow.nr_sectors())
                 } else {
-                    let u = st.alloc().store.usage(st.metadata_sectors());
+                    let u = st.alloc().store.usage(st.geometry(), s.cow.nr_sectors());
                     write!(out, "{}/{} {}", u.allocated, u.total, u.metadata)
                 }
             }
@@ -463,7 +457,12 @@ impl TargetOps for Snapshot {
                 let _ = write!(out, "{} {}", s.origin.name(), s.cow.name());
                 let st = s.state.read();
                 // A destination not yet resumed has no chunk size yet.
-                let _ = st.alloc().store.status_table(out, st.handover_dest, s.po);
+                let chunk = if st.handover_dest {
+                    0
+                } else {
+                    st.geometry().sectors()
+                };
+                let _ = st.alloc().store.status_table(out, chunk, s.po);
                 let n = u32::from(s.discard_zeroes_cow) + u32::from(s.discard_passdown_origin);
                 if n > 0 {
                     let _ = write!(out, " {}", n);

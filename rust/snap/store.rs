@@ -1,15 +1,19 @@
 //! Exception stores: where a snapshot allocates COW chunks and records its
-//! exceptions (upstream's `dm-exception-store.[ch]`): a small enum over the
-//! transient store and the persistent store's allocator. The persistent
-//! store's metadata I/O is [`super::persistent::PersistentIo`], kept next
-//! to this in the snapshot's swappable exception state.
+//! exceptions (upstream's `dm-exception-store.[ch]`). One enum over the
+//! transient store and the persistent one; the persistent variant owns its
+//! metadata I/O ([`PersistentIo`]). The chunk geometry is not in here: the
+//! snapshot's [`super::cow::Exceptions`] holds it once, and passes it in.
+//! The COW's size is read at each allocation and status, as upstream's
+//! `get_dev_size`, so a grown COW (`lvextend` of a snapshot) is used.
 
+use super::persistent::PersistentIo;
 use crate::logic::chunk::{Chunk, ChunkGeometry};
 use crate::logic::persistent::Allocator;
 use crate::logic::transient::{TransientStore, Usage};
 use core::fmt::{self, Write};
+use kernel::sync::Arc;
 
-/// A snapshot's exception store.
+/// A snapshot's exception store, under the allocation spinlock.
 pub(crate) enum Store {
     /// `N`: in memory only.
     Transient(TransientStore),
@@ -17,60 +21,49 @@ pub(crate) enum Store {
     Persistent {
         /// Data chunk allocation.
         alloc: Allocator,
-        /// Chunk size (the on-disk one).
-        geometry: ChunkGeometry,
-        /// Size of the COW device.
-        cow_sectors: u64,
+        /// The metadata I/O (sleeps: clone it out from under the lock).
+        io: Arc<PersistentIo>,
     },
 }
 
 impl Store {
-    /// The chunk geometry the store uses.
-    pub(crate) fn geometry(&self) -> ChunkGeometry {
+    /// The persistent store's I/O; `None` for `N`.
+    pub(crate) fn io(&self) -> Option<&Arc<PersistentIo>> {
         match self {
-            Store::Transient(t) => t.geometry(),
-            Store::Persistent { geometry, .. } => *geometry,
+            Store::Transient(_) => None,
+            Store::Persistent { io, .. } => Some(io),
         }
     }
 
-    /// Allocates a COW chunk for a new exception (`prepare_exception`);
-    /// `None` when the COW is full. Called under the allocation spinlock.
-    pub(crate) fn prepare_exception(&mut self) -> Option<Chunk> {
+    /// Allocates a COW chunk for a new exception (`prepare_exception`) on
+    /// a COW of `cow_sectors`; `None` when it is full.
+    pub(crate) fn prepare_exception(
+        &mut self,
+        g: ChunkGeometry,
+        cow_sectors: u64,
+    ) -> Option<Chunk> {
         match self {
-            Store::Transient(t) => t.prepare_exception(),
-            Store::Persistent { alloc, .. } => alloc.prepare(),
+            Store::Transient(t) => t.prepare_exception(g, cow_sectors),
+            Store::Persistent { alloc, .. } => alloc.prepare(g.sectors(), cow_sectors),
         }
     }
 
-    /// Space use for `dmsetup status`; `metadata` comes from the
-    /// persistent store's I/O state.
-    pub(crate) fn usage(&self, metadata: u64) -> Usage {
+    /// Space use for `dmsetup status` on a COW of `cow_sectors`.
+    pub(crate) fn usage(&self, g: ChunkGeometry, cow_sectors: u64) -> Usage {
         match self {
-            Store::Transient(t) => t.usage(),
-            Store::Persistent {
-                alloc, cow_sectors, ..
-            } => Usage {
-                total: *cow_sectors,
-                allocated: alloc.allocated_sectors(),
-                metadata,
+            Store::Transient(t) => t.usage(cow_sectors),
+            Store::Persistent { alloc, io } => Usage {
+                total: cow_sectors,
+                allocated: alloc.allocated_sectors(g.sectors()),
+                metadata: io.metadata_sectors(),
             },
         }
     }
 
-    /// The store's part of the table line (`" N 16"`, `" PO 8"`); with
-    /// `no_chunk`, chunk 0, as upstream prints it for a store not set up
-    /// yet; `po` is the table's own overflow option.
-    pub(crate) fn status_table(
-        &self,
-        out: &mut impl Write,
-        no_chunk: bool,
-        po: bool,
-    ) -> fmt::Result {
-        let chunk = if no_chunk {
-            0
-        } else {
-            self.geometry().sectors()
-        };
+    /// The store's part of the table line (`" N 16"`, `" PO 8"`); `chunk`
+    /// 0 for a store not set up yet, as upstream prints it; `po` is the
+    /// table's own overflow option.
+    pub(crate) fn status_table(&self, out: &mut impl Write, chunk: u32, po: bool) -> fmt::Result {
         match self {
             Store::Transient(_) => write!(out, " N {}", chunk),
             Store::Persistent { .. } => write!(out, " {} {}", if po { "PO" } else { "P" }, chunk),

@@ -35,7 +35,8 @@ pub struct BitClass {
 // SAFETY: the map is only handed to lockdep, which serialises its own use
 // of it; it never moves while the class exists (boxed).
 unsafe impl Sync for BitClass {}
-// SAFETY: as above.
+// SAFETY: the map holds no thread-bound state; lockdep may be handed it
+// from any thread, and it is freed (with the class) on whichever drops it.
 unsafe impl Send for BitClass {}
 
 impl BitClass {
@@ -130,7 +131,8 @@ pub struct RtHead {
 
 // SAFETY: the spinlock and the atomic word are made for concurrent use.
 unsafe impl Sync for RtHead {}
-// SAFETY: as above.
+// SAFETY: a `spinlock_t` and a word hold no thread-bound state: an
+// unlocked bucket may move to, and be freed on, any thread.
 unsafe impl Send for RtHead {}
 
 /// A spinlock per bucket, for `PREEMPT_RT` kernels.

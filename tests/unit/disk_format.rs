@@ -134,3 +134,109 @@ fn new_and_invalid_cows_are_not_damage() {
     assert_eq!(code, 0);
     assert!(out.contains("marked invalid"));
 }
+
+#[test]
+fn check_header_follows_upstreams_order() {
+    let ok = |c: u32| c.is_power_of_two() && c <= 1 << 20;
+    assert_eq!(
+        check_header(
+            &Header {
+                magic: 0,
+                valid: 0,
+                version: 0,
+                chunk_size: 0
+            },
+            Some((8, true)),
+            ok
+        ),
+        Ok(None)
+    );
+    let mut h = Header::new(16);
+    h.magic = 0x1234;
+    assert_eq!(
+        check_header(&h, Some((8, true)), ok),
+        Err(HeaderError::Corrupt(0x1234))
+    );
+    // A bad on-disk chunk size is reported before a bad version, as
+    // upstream's read_header runs before read_metadata's version check.
+    let mut h = Header::new(12);
+    h.version = 2;
+    assert_eq!(
+        check_header(&h, Some((8, true)), ok),
+        Err(HeaderError::ChunkSize(12))
+    );
+    let mut h = Header::new(8);
+    h.version = 2;
+    assert_eq!(
+        check_header(&h, Some((8, true)), ok),
+        Err(HeaderError::Version(2))
+    );
+    let c = check_header(&Header::new(16), Some((8, true)), ok)
+        .unwrap()
+        .unwrap();
+    assert_eq!((c.chunk, c.valid, c.overridden), (16, true, Some((16, 8))));
+    // No table chunk (0): the on-disk one is checked, nothing overridden.
+    let c = check_header(&Header::new(16), None, ok).unwrap().unwrap();
+    assert_eq!(c.overridden, None);
+    assert_eq!(
+        check_header(&Header::new(0), None, ok),
+        Err(HeaderError::ChunkSize(0))
+    );
+}
+
+struct MemAreas<'a>(&'a [u8], Vec<u8>);
+
+impl AreaReader for MemAreas<'_> {
+    type Error = ();
+    fn read_area(&mut self, chunk: u64) -> Result<&[u8], ()> {
+        let cb = self.1.len();
+        let at = chunk as usize * cb;
+        self.1.copy_from_slice(self.0.get(at..at + cb).ok_or(())?);
+        Ok(&self.1)
+    }
+}
+
+#[test]
+fn walk_metadata_visits_every_entry_and_ends_in_the_open_area() {
+    let epa = exceptions_per_area(C) as u64;
+    let n = epa + 44;
+    let ex: Vec<(u64, u64)> = (0..n).map(|i| (1000 + i, 2 + i + i / epa)).collect();
+    let img = image(2 * (epa + 1) + 1, &ex);
+    let cb = C as usize * 512;
+    let mut seen = Vec::new();
+    let end = walk_metadata(
+        &mut MemAreas(&img, vec![0; cb]),
+        C,
+        2 * (epa + 1) + 1,
+        |a, k, o, nw| {
+            seen.push((a, k, o, nw));
+            Ok(())
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        end,
+        WalkEnd {
+            area: 1,
+            entries: 44
+        }
+    );
+    assert_eq!(seen.len() as u64, n);
+    assert_eq!(seen[epa as usize], (1, 0, 1000 + epa, 2 + epa + 1));
+    // A full first area and no room for the second: cut short.
+    let full: Vec<(u64, u64)> = (0..epa).map(|i| (i, 2 + i)).collect();
+    let img = image(epa + 2, &full);
+    let r = walk_metadata(
+        &mut MemAreas(&img, vec![0; cb]),
+        C,
+        epa + 2,
+        |_, _, _, _| Ok(()),
+    );
+    assert_eq!(
+        r,
+        Err(WalkError::Beyond {
+            area: 1,
+            chunk: epa + 2
+        })
+    );
+}

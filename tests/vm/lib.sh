@@ -158,3 +158,29 @@ differential() {
 		fail "$1: identical to the C driver" "$(diff /tmp/wl.c /tmp/wl.rs | head -20)"
 	fi
 }
+
+# handover_steps ORIGIN SNAP LINE STATE: what both handover tests do to an
+# active snapshot SNAP of origin ORIGIN (dm names): write to both, print
+# "before:" (the output of the command STATE), suspend SNAP and reload it
+# with table LINE on the same COW (a handover destination), print the
+# inactive table and status and how many chunk-size warnings the reload
+# logged, resume (the handover), print "after:" and the table, write to
+# the origin again and print "more origin writes:". Run it under each
+# driver and compare the outputs.
+handover_steps() {
+	local o=$1 s=$2 line=$3 st=$4 devs='s/[0-9]*:[0-9]* [0-9]*:[0-9]*/DEVS/'
+	dd if=/tmp/base of=$DM/$o bs=64k skip=100 seek=3 count=20 oflag=direct 2>/dev/null
+	dd if=/tmp/base of=$DM/$s bs=4k skip=999 seek=70 count=3 oflag=direct 2>/dev/null
+	echo "before: $($st)"
+	dmsetup suspend $s || echo "SETUP FAILED: suspend"
+	dmesg -c >/dev/null
+	echo "$line" | dmsetup reload $s || echo "SETUP FAILED: reload"
+	echo "inactive table: $(dmsetup table --inactive $s | sed "$devs")"
+	echo "inactive status: $(dmsetup status --inactive $s | cut -d' ' -f4-)"
+	echo "chunk-size warnings for the destination: $(dmesg | grep -c 'chunk size')"
+	dmsetup resume $s || echo "SETUP FAILED: resume"
+	echo "after: $($st)"
+	echo "table: $(dmsetup table $s | sed "$devs")"
+	dd if=/tmp/base of=$DM/$o bs=64k skip=200 seek=30 count=10 oflag=direct 2>/dev/null
+	echo "more origin writes: $($st)"
+}

@@ -4,7 +4,7 @@
 # Needs the dm-snap-cow tool in /payload/files (scripts/check ships it).
 # vm-timeout: 1400
 . "$(dirname "$0")/lib.sh"
-ktap_begin persistent 30
+ktap_begin persistent 34
 TOOL=${DMSR_FILES:-/payload/files}/dm-snap-cow
 
 O=$(nullb_create ps_o 32); C=$(nullb_create ps_c 16)
@@ -104,20 +104,7 @@ handover() {
 	dd if=/tmp/base of=$O bs=1M oflag=direct 2>/dev/null
 	dd if=/dev/zero of=$C bs=1M count=1 oflag=direct 2>/dev/null
 	activate P 8 || echo "SETUP FAILED: activate"
-	dd if=/tmp/base of=/dev/mapper/ps-origin bs=64k skip=100 seek=3 count=20 oflag=direct 2>/dev/null
-	dd if=/tmp/base of=/dev/mapper/ps-snap bs=4k skip=999 seek=70 count=3 oflag=direct 2>/dev/null
-	echo "before: $(state)"
-	dmsetup suspend ps-snap || echo "SETUP FAILED: suspend"
-	dmesg -c >/dev/null
-	echo "0 $S snapshot $O $C PO 16" | dmsetup reload ps-snap || echo "SETUP FAILED: reload"
-	echo "inactive: $(dmsetup table --inactive ps-snap | cut -d' ' -f6-)"
-	echo "inactive status: $(dmsetup status --inactive ps-snap | cut -d' ' -f4-)"
-	echo "chunk-size warnings for the destination: $(dmesg | grep -c 'chunk size')"
-	dmsetup resume ps-snap || echo "SETUP FAILED: resume"
-	echo "after: $(state)"
-	echo "table: $(dmsetup table ps-snap | cut -d' ' -f6-)"
-	dd if=/tmp/base of=/dev/mapper/ps-origin bs=64k skip=200 seek=30 count=10 oflag=direct 2>/dev/null
-	echo "more: $(state)"
+	handover_steps ps-origin ps-snap "0 $S snapshot $O $C PO 16" state
 	deactivate
 	activate P 8 || echo "SETUP FAILED: reactivate"
 	echo "reloaded: $(state)"
@@ -168,6 +155,33 @@ r=$(dm_error ps-bad "0 $S snapshot $O $C4 P 8")
 load_c; c=$(dm_error ps-bad "0 $S snapshot $O $C4 P 8")
 expect_refused "truncated COW refused as by the C driver" "$c" "$r"
 expect_eq "truncated COW refused at activation" "snapshot: Failed to read snapshot metadata (-EIO)" "$r"
+# COW growth (lvextend of a snapshot): the COW is a linear device of 512
+# KiB, grown to 4 MiB by a table reload while the snapshot is live; the
+# snapshot then takes 400 more chunks (far beyond the old size) and status
+# counts the new total, as upstream reads the COW's size at each
+# allocation and status (get_dev_size).
+cow_grow() {
+	dd if=/tmp/base of=$O bs=1M oflag=direct 2>/dev/null
+	dd if=/dev/zero of=$C bs=1M count=1 oflag=direct 2>/dev/null
+	echo "0 1024 linear $C 0" | dmsetup create gc-cow || echo "SETUP FAILED: cow"
+	origin_create gc-origin $O || echo "SETUP FAILED: origin"
+	snap_create gc-origin gc-snap "0 $S snapshot $O $DM/gc-cow $1 8" || echo "SETUP FAILED: snapshot"
+	echo "small: $(dmsetup status gc-snap | cut -d' ' -f4-)"
+	dmsetup suspend gc-cow || echo "SETUP FAILED: suspend"
+	echo "0 8192 linear $C 0" | dmsetup reload gc-cow || echo "SETUP FAILED: reload"
+	dmsetup resume gc-cow || echo "SETUP FAILED: resume"
+	echo "grown: $(dmsetup status gc-snap | cut -d' ' -f4-)"
+	dd if=/tmp/base of=$DM/gc-origin bs=4k skip=1 seek=100 count=400 oflag=direct 2>/dev/null
+	echo "written: $(dmsetup status gc-snap | cut -d' ' -f4-) $(sum $DM/gc-snap 32)"
+	dmsetup remove gc-snap; dmsetup remove gc-origin; dmsetup remove gc-cow
+}
+for kind in N P; do
+	load_c; cow_grow $kind >/tmp/c.grow 2>&1
+	load_rs; cow_grow $kind >/tmp/rs.grow 2>&1
+	same_output "COW growth ($kind): status and data as the C driver's" /tmp/c.grow /tmp/rs.grow
+	expect_eq "COW growth ($kind): 400 chunks beyond the old size taken, snapshot intact" \
+		"$(sum /tmp/base 32)" "$(sed -n 's/^written: .* //p' /tmp/rs.grow)"
+done
 unload_drivers
 nullb_remove ps_o; nullb_remove ps_c; nullb_remove ps_small; nullb_remove ps_bad; nullb_remove ps_trunc
 

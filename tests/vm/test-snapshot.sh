@@ -119,17 +119,7 @@ run_handover() {
 	dd if=/tmp/base of=$O bs=1M oflag=direct 2>/dev/null || echo "SETUP FAILED: origin data"
 	origin_create sh-origin $O || echo "SETUP FAILED: origin"
 	snap_create sh-origin sh-snap "0 $S snapshot $O $C N 16" || echo "SETUP FAILED: snapshot"
-	dd if=/tmp/base of=/dev/mapper/sh-origin bs=64k skip=100 seek=3 count=20 oflag=direct 2>/dev/null
-	dd if=/tmp/base of=/dev/mapper/sh-snap bs=4k skip=999 seek=70 count=3 oflag=direct 2>/dev/null
-	echo "before: $(dm_state sh-snap 32)"
-	dmsetup suspend sh-snap || echo "SETUP FAILED: suspend"
-	echo "0 $S snapshot $O $C N 32" | dmsetup reload sh-snap || echo "SETUP FAILED: reload"
-	echo "inactive table: $(dmsetup table --inactive sh-snap | sed 's/[0-9]*:[0-9]* [0-9]*:[0-9]*/DEVS/')"
-	dmsetup resume sh-snap || echo "SETUP FAILED: resume"
-	echo "after: $(dm_state sh-snap 32)"
-	echo "table: $(dmsetup table sh-snap | sed 's/[0-9]*:[0-9]* [0-9]*:[0-9]*/DEVS/')"
-	dd if=/tmp/base of=/dev/mapper/sh-origin bs=64k skip=200 seek=30 count=10 oflag=direct 2>/dev/null
-	echo "more origin writes: $(dm_state sh-snap 32)"
+	handover_steps sh-origin sh-snap "0 $S snapshot $O $C N 32" "dm_state sh-snap 32"
 	dmsetup remove sh-snap; dmsetup remove sh-origin
 }
 run_handover >/tmp/rs.handover 2>&1
