@@ -187,7 +187,7 @@ unsafe extern "C" fn full_bio_end_io(bio: *mut bindings::bio) {
     // slot is touched only before it.
     unsafe {
         let slot = &*(*bio).bi_private.cast::<FullBioSlot>();
-        let cb = slot.callback.load(Ordering::Relaxed);
+        let cb = slot.callback.load(Ordering::Acquire);
         let err = c_ulong::from((*bio).bi_status != 0);
         slot.done.store(true, Ordering::Release);
         sys::dm_kcopyd_do_callback(cb, 0, err);
@@ -228,7 +228,10 @@ impl Kcopyd {
         let (mut s, mut d) = (src.raw(), dest.raw());
         let mut job = Some(job);
         self.with_client(|c| {
-            let ctx = job.take().map_or(ptr::null_mut(), J::into_raw);
+            let Some(j) = job.take() else {
+                return;
+            };
+            let ctx = j.into_raw();
             // SAFETY: the client is live (`with_client`); regions are
             // copied by kcopyd; `ctx` owns the job until `notify`, which
             // kcopyd calls once.
@@ -286,11 +289,12 @@ impl Kcopyd {
             // and redirect its completion there, saving the original.
             unsafe {
                 let slot = &*slot;
-                slot.callback.store(cb, Ordering::Relaxed);
                 slot.end_io
                     .store((*b).bi_end_io.map_or(0, |f| f as usize), Ordering::Relaxed);
                 slot.bio.store(b, Ordering::Relaxed);
                 slot.done.store(false, Ordering::Relaxed);
+                // Last, releasing the stores above to `full_bio_end_io`.
+                slot.callback.store(cb, Ordering::Release);
                 (*b).bi_end_io = Some(full_bio_end_io);
                 (*b).bi_private = ptr::from_ref(slot).cast_mut().cast();
                 bindings::submit_bio_noacct(b);

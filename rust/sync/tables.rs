@@ -142,11 +142,11 @@ impl CompleteTable {
         pending: &'a PendingTable<P>,
         chunk: Chunk,
     ) -> ChunkBuckets<'a, P> {
-        ChunkBuckets {
-            pair: self.raw.lock_pair(&pending.inner.raw, chunk),
-            slab: self.slab,
+        ChunkBuckets::new(
+            self.raw.lock_pair(&pending.inner.raw, chunk),
+            self.slab,
             pending,
-        }
+        )
     }
 }
 
@@ -210,11 +210,11 @@ impl<'a> CompleteBucket<'a> {
         pending: &'a PendingTable<P>,
         chunk: Chunk,
     ) -> ChunkBuckets<'a, P> {
-        ChunkBuckets {
-            pair: self.b.and_lock(&pending.inner.raw, chunk),
-            slab: self.slab,
+        ChunkBuckets::new(
+            self.b.and_lock(&pending.inner.raw, chunk),
+            self.slab,
             pending,
-        }
+        )
     }
 }
 
@@ -482,7 +482,19 @@ pub struct ChunkBuckets<'a, P: PendingData> {
     pending: &'a PendingTable<P>,
 }
 
-impl<P: PendingData> ChunkBuckets<'_, P> {
+impl<'a, P: PendingData> ChunkBuckets<'a, P> {
+    fn new(
+        pair: BucketPair<'a, BucketLocks>,
+        slab: &'static Slab<Exception>,
+        pending: &'a PendingTable<P>,
+    ) -> Self {
+        Self {
+            pair,
+            slab,
+            pending,
+        }
+    }
+
     /// The COW chunk of `chunk` if it is copied.
     pub fn complete_lookup(&self, chunk: Chunk) -> Option<Chunk> {
         remap(&self.pair.first, chunk)

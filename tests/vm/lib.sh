@@ -65,6 +65,16 @@ snap_create() {
 	fi
 	dmsetup resume "$1" || { echo "resume $1 failed"; return 1; }
 }
+# snap_setup ORIGIN SNAP TABLE [DEV]: the known data (/tmp/base) on DEV
+# (default $O), a snapshot-origin ORIGIN over it and snapshot SNAP (TABLE)
+# under that; each failed step prints "SETUP FAILED" (which same_output
+# refuses as a reference) and returns 1.
+snap_setup() {
+	local dev=${4:-$O}
+	dd if=/tmp/base of=$dev bs=1M oflag=direct 2>/dev/null || { echo "SETUP FAILED: origin data"; return 1; }
+	origin_create "$1" $dev || { echo "SETUP FAILED: origin"; return 1; }
+	snap_create "$1" "$2" "$3" || { echo "SETUP FAILED: snapshot"; return 1; }
+}
 # origin_create NAME DEV: a snapshot-origin device over DEV.
 origin_create() {
 	echo "0 $(blockdev --getsz "$2") snapshot-origin $2" | dmsetup create "$1"

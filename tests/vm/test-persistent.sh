@@ -161,11 +161,9 @@ expect_eq "truncated COW refused at activation" "snapshot: Failed to read snapsh
 # counts the new total, as upstream reads the COW's size at each
 # allocation and status (get_dev_size).
 cow_grow() {
-	dd if=/tmp/base of=$O bs=1M oflag=direct 2>/dev/null
 	dd if=/dev/zero of=$C bs=1M count=1 oflag=direct 2>/dev/null
 	echo "0 1024 linear $C 0" | dmsetup create gc-cow || echo "SETUP FAILED: cow"
-	origin_create gc-origin $O || echo "SETUP FAILED: origin"
-	snap_create gc-origin gc-snap "0 $S snapshot $O $DM/gc-cow $1 8" || echo "SETUP FAILED: snapshot"
+	snap_setup gc-origin gc-snap "0 $S snapshot $O $DM/gc-cow $1 8"
 	echo "small: $(dmsetup status gc-snap | cut -d' ' -f4-)"
 	dmsetup suspend gc-cow || echo "SETUP FAILED: suspend"
 	echo "0 8192 linear $C 0" | dmsetup reload gc-cow || echo "SETUP FAILED: reload"

@@ -116,9 +116,7 @@ expect_eq "discard of a copied whole chunk reads back zeros" \
 
 # --- handover: a new table on the same COW takes over the exceptions ---------
 run_handover() {
-	dd if=/tmp/base of=$O bs=1M oflag=direct 2>/dev/null || echo "SETUP FAILED: origin data"
-	origin_create sh-origin $O || echo "SETUP FAILED: origin"
-	snap_create sh-origin sh-snap "0 $S snapshot $O $C N 16" || echo "SETUP FAILED: snapshot"
+	snap_setup sh-origin sh-snap "0 $S snapshot $O $C N 16"
 	handover_steps sh-origin sh-snap "0 $S snapshot $O $C N 32" "dm_state sh-snap 32"
 	dmsetup remove sh-snap; dmsetup remove sh-origin
 }
@@ -136,9 +134,7 @@ expect_parity "reloading a snapshot table keeps its data and allocation" \
 # source at resume), reports "0/<COW size> 0" and chunk 0 until then, and
 # logs no chunk-size warning for it.
 run_dest() {
-	dd if=/tmp/base of=$O bs=1M oflag=direct 2>/dev/null || echo "SETUP FAILED: origin data"
-	origin_create hd-origin $O || echo "SETUP FAILED: origin"
-	snap_create hd-origin hd-snap "0 $S snapshot $O $C N 16" || echo "SETUP FAILED: snapshot"
+	snap_setup hd-origin hd-snap "0 $S snapshot $O $C N 16"
 	dd if=/tmp/base of=/dev/mapper/hd-origin bs=64k skip=50 seek=3 count=8 oflag=direct 2>/dev/null
 	dmsetup suspend hd-snap || echo "SETUP FAILED: suspend"
 	dmesg -c >/dev/null
