@@ -8,6 +8,11 @@
 #   make KDIR=<tree>     build against any Rust-enabled 6.12 build tree
 #   make rust-analyzer   write rust-project.json for editors
 #   make clippy | fmt    lint with CLIPPY=1 / format with rustfmt
+#   make install         the module into /lib/modules/<release>/updates, depmod,
+#                        and dist/dm-snap-rs.conf into /etc/modprobe.d (so that
+#                        "dm-snapshot" and its aliases load dm_snap_rs);
+#                        INSTALL_MOD_PATH=<dir> stages it all below <dir>
+#   make uninstall       undoes make install
 
 ifneq ($(KERNELRELEASE),)
 include $(src)/Kbuild
@@ -22,7 +27,7 @@ endif
 export PATH := /usr/lib/llvm-19/bin:$(HOME)/.cargo/bin:$(PATH)
 KMAKE = $(MAKE) -C $(KDIR) M=$(ROOT) LLVM=1 RUSTC=/usr/bin/rustc BINDGEN=bindgen CLIPPY_DRIVER=/usr/bin/clippy-driver
 
-.PHONY: all module kernel clean check demo bench rust-analyzer clippy fmt unit
+.PHONY: all module kernel clean check demo bench rust-analyzer clippy fmt unit install uninstall
 
 all: module
 
@@ -34,6 +39,20 @@ endif
 
 module: kernel
 	+$(KMAKE) modules
+
+KRELEASE = $(shell cat $(KDIR)/include/config/kernel.release 2>/dev/null)
+MODPROBE_CONF = $(INSTALL_MOD_PATH)/etc/modprobe.d/dm-snap-rs.conf
+DEPMOD = depmod $(if $(INSTALL_MOD_PATH),-b $(INSTALL_MOD_PATH)) $(KRELEASE)
+
+install: module
+	+$(KMAKE) INSTALL_MOD_DIR=updates INSTALL_MOD_PATH=$(INSTALL_MOD_PATH) DEPMOD=true modules_install
+	install -D -m 0644 $(ROOT)/dist/dm-snap-rs.conf $(MODPROBE_CONF)
+	$(DEPMOD)
+
+uninstall:
+	rm -f $(INSTALL_MOD_PATH)/lib/modules/$(KRELEASE)/updates/dm_snap_rs.ko*
+	rm -f $(MODPROBE_CONF)
+	$(DEPMOD)
 
 clippy: kernel
 	$(ROOT)/scripts/layer-check

@@ -28,6 +28,10 @@ module! {
     author: "dm-snap-rs developers",
     description: "device-mapper snapshot, snapshot-origin and snapshot-merge targets (Rust)",
     license: "GPL",
+    // What device-mapper's request_module("dm-<target>") and lvm2's
+    // "modprobe dm-snapshot" ask for (dist/dm-snap-rs.conf makes them
+    // resolve here rather than to the C module).
+    alias: ["dm-snapshot", "dm-snapshot-origin", "dm-snapshot-merge"],
 }
 
 /// The module: holds the three target registrations; dropping it
