@@ -9,6 +9,7 @@ pub mod chunk;
 pub mod completion_order;
 pub mod disk_format;
 pub mod exception_table;
+pub mod merge;
 pub mod persistent;
 pub mod table;
 pub mod transient;

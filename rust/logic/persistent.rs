@@ -101,6 +101,16 @@ impl Committer {
         exceptions_per_area(self.chunk_sectors) as usize
     }
 
+    /// Exceptions one area holds.
+    pub fn entries_per_area(&self) -> usize {
+        self.epa()
+    }
+
+    /// The chunk size the areas are laid out for.
+    pub fn chunk_sectors(&self) -> u32 {
+        self.chunk_sectors
+    }
+
     /// Records `(old, new)` in `area` (the in-memory copy of the current
     /// area); `others_in_flight` is how many prepared exceptions are still
     /// not committed after this one.
