@@ -111,6 +111,20 @@ pub trait BucketLock {
     }
 }
 
+/// Why [`Locked::remove_chunk`] could not take a chunk out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RemoveChunkError {
+    /// No entry covers it ("exception ... is on disk but not in memory").
+    NotFound,
+    /// It is inside the run `first..=last`, not at one of its ends.
+    Middle {
+        /// First origin chunk of the run.
+        first: Chunk,
+        /// Last origin chunk of the run.
+        last: Chunk,
+    },
+}
+
 /// A plain spinning bit lock on bit 0 of the word, for userspace.
 pub struct SpinBit;
 
@@ -385,6 +399,39 @@ impl<L: BucketLock> Locked<'_, L> {
             }
         }
         None
+    }
+
+    /// Takes chunk `chunk` out of the entry covering it, as a merge does
+    /// (upstream's `__remove_single_exception_chunk`): a single-chunk entry
+    /// is unlinked and returned, for the caller to free after unlocking; a
+    /// run loses its first or last chunk. Chunks are merged in the reverse
+    /// order of their insertion, so never from the middle of a run.
+    pub fn remove_chunk(
+        &mut self,
+        chunk: Chunk,
+    ) -> Result<Option<NonNull<Exception>>, RemoveChunkError> {
+        let e = self.lookup(chunk).ok_or(RemoveChunkError::NotFound)?;
+        // SAFETY: an entry linked in a bucket whose lock we hold is valid
+        // and ours to change.
+        let r = unsafe { &mut *e.as_ptr() };
+        let count = r.consecutive();
+        if count == 0 {
+            self.remove(e);
+            return Ok(Some(e));
+        }
+        if chunk == r.old_chunk {
+            r.old_chunk += 1;
+            // The next COW chunk, one chunk fewer in the run.
+            r.new_chunk = r.new_chunk + 1 - (1 << CHUNK_NUMBER_BITS);
+        } else if chunk == r.old_chunk + count {
+            r.new_chunk -= 1 << CHUNK_NUMBER_BITS;
+        } else {
+            return Err(RemoveChunkError::Middle {
+                first: r.old_chunk,
+                last: r.old_chunk + count,
+            });
+        }
+        Ok(None)
     }
 
     /// Unlinks `e` if it is in this bucket; true if it was.

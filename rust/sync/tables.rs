@@ -29,7 +29,9 @@ use crate::dm::kcopyd::{CopyJob, FullBioSlot, HasFullSlot, JobPtr};
 use crate::dm::mempool::{Mempool, Slab};
 use crate::logic::chunk::Chunk;
 use crate::logic::completion_order::{CompletionOrder, OrderLink, Ordered, Ready};
-use crate::logic::exception_table::{Bucket, BucketLock, BucketPair, Exception, ExceptionTable};
+use crate::logic::exception_table::{
+    Bucket, BucketLock, BucketPair, Exception, ExceptionTable, RemoveChunkError,
+};
 use core::cell::UnsafeCell;
 use core::ptr::{self, NonNull};
 use core::sync::atomic::{AtomicUsize, Ordering};
@@ -201,6 +203,18 @@ impl<'a> CompleteBucket<'a> {
     /// unlocking.
     pub fn insert(&mut self, e: NewException) -> Option<NewException> {
         insert_complete(&mut self.b, self.slab, e)
+    }
+
+    /// Takes `chunk` out of the entry covering it, as a merge does (see
+    /// [`crate::logic::exception_table::Locked::remove_chunk`]); an entry
+    /// left empty comes back, to be freed after unlocking.
+    pub fn remove_chunk(&mut self, chunk: Chunk) -> Result<Option<NewException>, RemoveChunkError> {
+        // Every entry of this table came in through `insert` from this
+        // slab: an unlinked one is a `NewException` again.
+        let slab = self.slab;
+        self.b
+            .remove_chunk(chunk)
+            .map(|e| e.map(|e| NewException { e, slab }))
     }
 
     /// Also locks the bucket of `chunk` in `pending`, keeping this one (the

@@ -369,3 +369,40 @@ fn any_shift_keeps_lookups_and_runs_right() {
         assert_eq!(free_all(&mut t), (2048 >> shift) as usize, "shift {shift}");
     }
 }
+
+#[test]
+fn remove_chunk_takes_run_ends_as_a_merge_does() {
+    use dm_snap_logic::exception_table::RemoveChunkError;
+    let mut t = table(64, 8);
+    // One run 10..=13 -> 100..=103, and a single 40 -> 7.
+    insert_all(&t, &[(10, 100), (11, 101), (12, 102), (13, 103), (40, 7)]);
+    let remove = |t: &Table, c: u64| {
+        let mut b = t.lock(c);
+        let r = b.remove_chunk(c);
+        drop(b);
+        r.map(|e| {
+            e.map(|e| drop(unsafe { Box::from_raw(e.as_ptr()) }))
+                .is_some()
+        })
+    };
+    assert_eq!(
+        remove(&t, 12),
+        Err(RemoveChunkError::Middle {
+            first: 10,
+            last: 13
+        })
+    );
+    assert_eq!(remove(&t, 13), Ok(false));
+    assert_eq!((lookup(&t, 12), lookup(&t, 13)), (Some(102), None));
+    assert_eq!(remove(&t, 10), Ok(false));
+    assert_eq!(
+        (lookup(&t, 10), lookup(&t, 11), lookup(&t, 12)),
+        (None, Some(101), Some(102))
+    );
+    assert_eq!(remove(&t, 12), Ok(false));
+    assert_eq!(remove(&t, 11), Ok(true));
+    assert_eq!(remove(&t, 11), Err(RemoveChunkError::NotFound));
+    assert_eq!(remove(&t, 40), Ok(true));
+    assert_eq!(lookup(&t, 40), None);
+    assert_eq!(free_all(&mut t), 0);
+}
