@@ -276,26 +276,24 @@ impl Snap {
         // `pending_complete`, which takes it again.
         let st = self.state.read();
         let g = st.geometry();
-        match st.io() {
-            None => {
-                drop(st);
-                self.pending_complete(t, ok);
-            }
-            Some(pio) => {
-                let (unordered, ready) = {
-                    let mut a = st.alloc();
-                    let r = a.order.finish(t, ok).err();
-                    (r, a.order.take_ready())
-                };
-                drop(st);
-                if let Some(t) = unordered {
-                    pr_err!("snapshots: pending exception out of the allocation order\n");
-                    self.pending_complete(t, false);
-                }
-                for (q, ok) in ready {
-                    self.commit(&pio, g, q, ok);
-                }
-            }
+        let mut a = st.alloc();
+        let Some(pio) = a.store.io().cloned() else {
+            drop(a);
+            drop(st);
+            self.pending_complete(t, ok);
+            self.account_end_copy();
+            return;
+        };
+        let unordered = a.order.finish(t, ok).err();
+        let ready = a.order.take_ready();
+        drop(a);
+        drop(st);
+        if let Some(t) = unordered {
+            pr_err!("snapshots: pending exception out of the allocation order\n");
+            self.pending_complete(t, false);
+        }
+        for (q, ok) in ready {
+            self.commit(&pio, g, q, ok);
         }
         self.account_end_copy();
     }
