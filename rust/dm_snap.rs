@@ -14,6 +14,9 @@
 //! holds the targets, written against [`dm`]'s and [`sync`]'s safe types
 //! with no `unsafe` at all. See `Documentation/design.rst`.
 
+// `pin_init!` over `Snap`'s fields expands past the default limit.
+#![recursion_limit = "256"]
+
 use kernel::prelude::*;
 
 mod bindings;
@@ -41,7 +44,7 @@ struct DmSnapModule {
     // Fields drop in order: the targets go before the registry they use.
     _snapshot: dm::Registration<snap::snapshot::Snapshot>,
     _origin: dm::Registration<snap::origin::Origin>,
-    _merge: dm::Registration<snap::snapshot::SnapshotMerge>,
+    _merge: dm::Registration<snap::merge_target::SnapshotMerge>,
     _registry: RegistryHolder,
 }
 

@@ -195,6 +195,9 @@ pub struct BioList {
 
 // SAFETY: the list owns its bios, which may be completed from any thread.
 unsafe impl Send for BioList {}
+// SAFETY: through `&BioList` only `is_empty` can be called, which reads the
+// head pointer without dereferencing it; every change takes `&mut self`.
+unsafe impl Sync for BioList {}
 
 impl BioList {
     /// An empty list.

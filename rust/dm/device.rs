@@ -86,6 +86,14 @@ impl TableDev {
         self.bdev() == other.bdev()
     }
 
+    /// Flushes the device's volatile write cache (`blkdev_issue_flush`).
+    /// Sleeps.
+    pub fn flush(&self) -> Result {
+        // SAFETY: the bdev of a held `dm_dev` is valid; a flush may be
+        // issued from any process context.
+        kernel::error::to_result(unsafe { bindings::blkdev_issue_flush(self.bdev()) })
+    }
+
     /// The block device's identity, to find what else uses it (the
     /// registry keys origins by it, as upstream keys by `bdev`).
     pub fn key(&self) -> BdevKey {

@@ -76,6 +76,12 @@ pub trait CopyJob: JobPtr {
     /// Called in kcopyd's worker when the job finished; `ok` is false after
     /// a read or write error.
     fn done(self, ok: bool);
+
+    /// The same, telling a read error from a write error; by default
+    /// [`CopyJob::done`].
+    fn done_detail(self, read_ok: bool, write_ok: bool) {
+        self.done(read_ok && write_ok);
+    }
 }
 
 /// The context of a zeroing bio ([`Kcopyd::zero_bio`]).
@@ -153,7 +159,7 @@ unsafe extern "C" fn notify<J: CopyJob>(read_err: c_int, write_err: c_ulong, con
     // SAFETY: `context` is the job given to this copy by `into_raw`, and
     // kcopyd notifies once.
     let job = unsafe { J::from_raw(context) };
-    job.done(read_err == 0 && write_err == 0);
+    job.done_detail(read_err == 0, write_err == 0);
 }
 
 /// kcopyd's completion callback of a zeroing bio: `context` is the bio,

@@ -88,6 +88,11 @@ pub trait TargetOps: Sized + Send + Sync + 'static {
         build_error!(kernel::error::VTABLE_DEFAULT_ERROR)
     }
 
+    /// Called before the device suspends (`presuspend`).
+    fn presuspend(&self, _target: &Target) {
+        build_error!(kernel::error::VTABLE_DEFAULT_ERROR)
+    }
+
     /// Called once the device is suspended (`postsuspend`).
     fn postsuspend(&self, _target: &Target) {
         build_error!(kernel::error::VTABLE_DEFAULT_ERROR)
@@ -359,6 +364,9 @@ impl<T: TargetOps> Registration<T> {
             if T::HAS_RESUME {
                 (*p).resume = Some(resume_callback::<T>);
             }
+            if T::HAS_PRESUSPEND {
+                (*p).presuspend = Some(presuspend_callback::<T>);
+            }
             if T::HAS_POSTSUSPEND {
                 (*p).postsuspend = Some(postsuspend_callback::<T>);
             }
@@ -559,6 +567,18 @@ unsafe extern "C" fn resume_callback<T: TargetOps>(ti: *mut sys::dm_target) {
     // SAFETY: called on constructed targets only.
     let (t, target) = unsafe { (private::<T>(ti), Target::from_raw(ti)) };
     t.resume(target);
+}
+
+/// The `presuspend` hook of `struct target_type` for `T`.
+///
+/// # Safety
+///
+/// Only dm core calls it, on a target `T::ctr` built.
+unsafe extern "C" fn presuspend_callback<T: TargetOps>(ti: *mut sys::dm_target) {
+    // SAFETY: dm core calls this hook only on a target whose `ctr`
+    // succeeded, so `ti` is valid and its private data is our `T`.
+    let (t, target) = unsafe { (private::<T>(ti), Target::from_raw(ti)) };
+    t.presuspend(target);
 }
 
 /// The `postsuspend` hook of `struct target_type` for `T`.

@@ -159,20 +159,23 @@ impl Snap {
     /// loop body): makes sure the chunk is copied and queues `bio` on the
     /// first pending exception it needs. A copy it creates for another
     /// snapshot starts at once; the one `bio` waits on is returned, to be
-    /// started after every snapshot has been seen. Holds the registry lock.
+    /// started after every snapshot has been seen. The flag says whether a
+    /// copy of the chunk is in flight (found or started): what a merge
+    /// waits for. A merging snapshot gets no new exceptions. Holds the
+    /// registry lock.
     pub(crate) fn origin_write_one(
         s: &Arc<Snap>,
         sector: u64,
         bio: &mut Option<OwnedBio>,
-    ) -> Option<PendingTicket> {
-        if sector >= s.ti.table_size() {
-            return None;
+    ) -> (bool, Option<PendingTicket>) {
+        if s.merge || sector >= s.ti.table_size() {
+            return (false, None);
         }
         let state = s.state.read();
         let chunk = state.geometry().chunk_of(sector);
         let c = s.lock_complete(&state, chunk);
         if !state.valid || !state.active {
-            return None;
+            return (false, None);
         }
         // Copied, and no snapshot read still reading the origin chunk: the
         // write may go on, and the pending bucket need not be locked (the
@@ -182,37 +185,37 @@ impl Snap {
         // escape the check below.
         let copied = c.lookup(chunk).is_some();
         if copied && !s.maybe_tracked(&c, chunk) {
-            return None;
+            return (false, None);
         }
         // The complete bucket stays locked: `copied` still holds.
         let mut locks = c.with_pending(&s.pending, chunk);
         if copied && locks.pending_find(chunk).is_none() {
-            return None;
+            return (false, None);
         }
         let (mut locks, found) = Self::find_or_make_pending(s, &state, locks, chunk);
         match found {
-            Found::Copied => None,
+            Found::Copied => (false, None),
             Found::Full => {
                 drop(locks);
                 drop(state);
                 s.invalidate(true);
-                None
+                (false, None)
             }
             Found::Pending(_) => {
                 if let Some(b) = bio.take() {
                     *bio = Self::queue_bio(&mut locks, chunk, b, true);
                 }
-                None
+                (true, None)
             }
             Found::Created(t) => {
                 if let Some(b) = bio.take() {
                     *bio = Self::queue_bio(&mut locks, chunk, b, true);
-                    return Some(t);
+                    return (true, Some(t));
                 }
                 drop(locks);
                 drop(state);
                 s.start_copy(t);
-                None
+                (true, None)
             }
         }
     }

@@ -22,7 +22,7 @@ use super::registry::{HandoverError, Registry};
 use super::store::Store;
 use super::throttle::Tracking;
 use crate::dm::kcopyd::Kcopyd;
-use crate::dm::{TableDev, TargetRef};
+use crate::dm::{BioList, TableDev, TargetRef};
 use crate::logic::chunk::{
     complete_hash_shift, table_sizes, Chunk, ChunkGeometry, MAX_TABLE_BYTES,
 };
@@ -71,9 +71,15 @@ pub(crate) struct State {
     pub(crate) active: bool,
     /// A `PO` store ran out of space: writes fail, reads work.
     pub(crate) overflowed: bool,
-    /// A merge stopped on an error (`Merge failed` in status); set by the
-    /// merge, which is not implemented yet, so it stays false.
+    /// A merge stopped on an error (`Merge failed` in status); only a new
+    /// table clears it.
     pub(crate) merge_failed: bool,
+    /// The chunks being merged now (`first_merging_chunk`,
+    /// `num_merging_chunks`): writes to them wait in `queued`.
+    pub(crate) merging: Option<(Chunk, usize)>,
+    /// Writes that came while their chunk was being merged
+    /// (`bios_queued_during_merge`), already pointed at the origin.
+    pub(crate) queued: BioList,
     /// Waiting to take over the exceptions of an older table on the same
     /// COW at its first resume (a handover destination).
     pub(crate) handover_dest: bool,
@@ -114,6 +120,12 @@ pub(crate) struct Snap {
     pub(super) tracking: Tracking,
     pub(super) in_progress: AtomicU32,
     registered: AtomicBool,
+    /// A `snapshot-merge` target: origin writes make no exceptions in it.
+    pub(crate) merge: bool,
+    /// The merge runs (`RUNNING_MERGE`) / is asked to stop
+    /// (`SHUTDOWN_MERGE`).
+    pub(super) merge_running: AtomicBool,
+    pub(super) merge_stop: AtomicBool,
     pub(crate) reg: &'static Registry,
     pub(crate) ti: TargetRef,
     pub(crate) discard_zeroes_cow: bool,
@@ -132,6 +144,7 @@ pub(crate) struct SnapArgs {
     pub(crate) store: Store,
     pub(crate) geometry: ChunkGeometry,
     pub(crate) po: bool,
+    pub(crate) merge: bool,
     pub(crate) ti: TargetRef,
     pub(crate) reg: &'static Registry,
     pub(crate) discard_zeroes_cow: bool,
@@ -180,6 +193,8 @@ impl Snap {
             active: false,
             overflowed: false,
             merge_failed: false,
+            merging: None,
+            queued: BioList::new(),
             handover_dest: false,
             exc,
         };
@@ -192,6 +207,9 @@ impl Snap {
                 tracking,
                 in_progress: AtomicU32::new(0),
                 registered: AtomicBool::new(false),
+                merge: a.merge,
+                merge_running: AtomicBool::new(false),
+                merge_stop: AtomicBool::new(false),
                 reg: a.reg,
                 ti: a.ti,
                 discard_zeroes_cow: a.discard_zeroes_cow,
@@ -218,6 +236,9 @@ impl Snap {
     /// then wait for the pending ones to finish, and close the kcopyd
     /// client, which waits until every callback has returned. Sleeps.
     pub(crate) fn shutdown(&self) {
+        if self.merge {
+            self.stop_merge();
+        }
         if self.registered.swap(false, Ordering::AcqRel) {
             {
                 let o = self.reg.read();

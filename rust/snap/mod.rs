@@ -16,10 +16,14 @@ use kernel::prelude::*;
 
 pub(crate) mod copy;
 pub(crate) mod cow;
+pub(crate) mod ctr;
+pub(crate) mod merge;
+pub(crate) mod merge_target;
 pub(crate) mod origin;
 pub(crate) mod persistent;
 pub(crate) mod registry;
 pub(crate) mod snapshot;
+pub(crate) mod status;
 pub(crate) mod store;
 pub(crate) mod throttle;
 

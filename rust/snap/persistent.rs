@@ -17,6 +17,7 @@ use crate::logic::disk_format::{
     area_location, check_header, exceptions_per_area, walk_metadata, AreaReader, Header,
     HeaderError, WalkError, DEFAULT_CHUNK_SECTORS,
 };
+use crate::logic::merge::{Batch, MergeStep};
 use crate::logic::persistent::{Allocator, CommitStep, Committer};
 use crate::sync::KVecExt;
 use core::sync::atomic::{AtomicU64, Ordering};
@@ -305,6 +306,44 @@ impl PersistentIo {
     pub(crate) fn recycle(&self, mut list: KVec<PendingTicket>) {
         list.clear_keep();
         self.commit.lock().spare = Some(list);
+    }
+
+    /// The next run of exceptions to merge, newest first, reading the
+    /// area before when the current one is empty
+    /// (`persistent_prepare_merge`); `None` when everything is merged.
+    pub(crate) fn prepare_merge(&self, cow: &TableDev, g: ChunkGeometry) -> Result<Option<Batch>> {
+        let mut guard = self.commit.lock();
+        let c = &mut *guard;
+        loop {
+            match c.committer.prepare_merge(c.area.as_slice()) {
+                MergeStep::Done => return Ok(None),
+                MergeStep::Batch(b) => return Ok(Some(b)),
+                MergeStep::ReadArea(chunk) => self.io.read(cow, g.sector_of(chunk), &mut c.area)?,
+            }
+        }
+    }
+
+    /// The last `merged` exceptions are in the origin, and the origin is
+    /// flushed: clear them from the current area and write it with
+    /// PREFLUSH|FUA (`persistent_commit_merge`). Returns the allocator's
+    /// new `next_free`, for status.
+    pub(crate) fn commit_merge(
+        &self,
+        cow: &TableDev,
+        g: ChunkGeometry,
+        merged: usize,
+    ) -> Result<Chunk> {
+        let mut guard = self.commit.lock();
+        let c = &mut *guard;
+        let chunk = c
+            .committer
+            .clear_merged(c.area.as_mut_slice(), merged)
+            .ok_or(EINVAL)?;
+        self.io.write(cow, g.sector_of(chunk), &c.area, true)?;
+        let next_free = c.committer.merge_written(merged);
+        self.metadata_sectors
+            .store(c.committer.metadata_sectors(), Ordering::Relaxed);
+        Ok(next_free)
     }
 
     /// Makes an invalidation permanent (`persistent_drop_snapshot`): no

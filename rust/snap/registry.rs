@@ -114,6 +114,10 @@ pub(crate) enum HandoverError {
     NoMem,
     /// A third table on one COW, or a second handover destination.
     Pairing,
+    /// A second `snapshot-merge` on one origin.
+    AlreadyMerging,
+    /// A merge of a store that cannot merge (transient).
+    CannotMerge,
 }
 
 /// The registry: one per module.
@@ -186,6 +190,20 @@ impl Registry {
             return Err(HandoverError::Pairing);
         }
         let is_dest = sharing == 1;
+        // `__validate_exception_handover`: one merging snapshot per origin,
+        // and only from a store that can merge.
+        if is_dest && me.merge {
+            if o.snaps(bdev).any(|s| s.merge) {
+                return Err(HandoverError::AlreadyMerging);
+            }
+            let transient = o
+                .snaps(bdev)
+                .filter(|s| s.cow.same_bdev(&me.cow))
+                .any(|s| s.state.read().io().is_none());
+            if transient {
+                return Err(HandoverError::CannotMerge);
+            }
+        }
         let idx = match o.origins.iter().position(|e| e.bdev == bdev) {
             Some(i) => i,
             None => {
@@ -349,7 +367,7 @@ fn origin_write(o: &OriginSnaps, bio: OwnedBio) -> Option<OwnedBio> {
     let mut bio = Some(bio);
     let mut start_last: Option<(&Snap, PendingTicket)> = None;
     for s in o.iter() {
-        if let Some(t) = Snap::origin_write_one(s, sector, &mut bio) {
+        if let (_, Some(t)) = Snap::origin_write_one(s, sector, &mut bio) {
             start_last = Some((s, t));
         }
     }

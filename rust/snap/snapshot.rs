@@ -3,23 +3,17 @@
 //! and friends). The copy-on-write machinery is in [`super::cow`].
 
 use super::copy::{Found, Pending, PendingTicket};
-use super::cow::{Snap, SnapArgs, SnapInitError, State};
-use super::persistent::{LoadError, Loaded, PersistentIo};
-use super::registry::{HandoverError, Registry};
-use super::store::Store;
-use crate::dm::target::{BLK_OPEN_READ, BLK_OPEN_WRITE};
+use super::cow::{Snap, SnapArgs, State};
+use super::ctr::{open_devices, open_store, register_error, snap_init_error};
+use super::persistent::Loaded;
+use super::registry::Registry;
 use crate::dm::{
     Bio, CtrError, DeviceVisitor, Mapped, OwnedBio, QueueLimits, Setup, StatusBuf, StatusType,
-    TableDev, Target, TargetOps,
+    Target, TargetOps,
 };
 use crate::logic::chunk::{Chunk, ChunkGeometry};
-use crate::logic::persistent::Allocator;
-use crate::logic::table::{
-    parse_chunk_size, parse_snapshot, parse_store_kind, SnapshotArgs, StoreKind,
-};
-use crate::logic::transient::TransientStore;
+use crate::logic::table::{parse_snapshot, StoreKind};
 use crate::sync::tables::ChunkBuckets;
-use core::fmt::Write;
 use kernel::c_str;
 use kernel::ffi::c_int;
 use kernel::prelude::*;
@@ -29,118 +23,7 @@ use kernel::sync::Arc;
 /// Per-bio data: the chunk a snapshot read of the origin is tracked under.
 #[derive(Default)]
 pub(crate) struct Tracked {
-    chunk: Option<u64>,
-}
-
-/// Opens the devices and checks the store arguments in `snapshot_ctr`'s
-/// order; returns what the store needs.
-///
-/// The COW is opened first, with the table's mode, then the origin with a
-/// narrower one. Upstream opens the origin first: when both name the same
-/// device, the COW's wider mode makes dm core replace the table device the
-/// origin got (`upgrade_mode` puts the old `dm_dev`), and the check that
-/// they differ reads freed memory (KASAN: slab-use-after-free in
-/// `snapshot_ctr`). Opened the other way round, the second open finds the
-/// device's mode wide enough and both get the same live `dm_dev`. The
-/// errors keep upstream's precedence: a bad origin is reported first.
-fn open_devices(
-    setup: &mut Setup<'_>,
-    args: &SnapshotArgs<'_>,
-    merge: bool,
-) -> Result<(TableDev, TableDev, StoreKind, u32), CtrError> {
-    let origin_mode = if merge { BLK_OPEN_WRITE } else { BLK_OPEN_READ };
-    let cow = setup.get_device(args.cow);
-    let origin = setup
-        .get_device_mode(args.origin, origin_mode)
-        .map_err(|e| CtrError::new(c"Cannot get origin device", e))?;
-    let cow = cow.map_err(|e| CtrError::new(c"Cannot get COW device", e))?;
-    if cow.same_bdev(&origin) {
-        return Err(CtrError::new(
-            c"COW device cannot be the same as origin device",
-            EINVAL,
-        ));
-    }
-    let store_err = CtrError::new(c"Couldn't create exception store", EINVAL);
-    let kind = parse_store_kind(args.store).map_err(|_| store_err)?;
-    let chunk = parse_chunk_size(
-        args.chunk_size,
-        cow.logical_block_size() >> 9,
-        origin.logical_block_size() >> 9,
-    )
-    .map_err(|_| store_err)?;
-    Ok((origin, cow, kind, chunk))
-}
-
-/// A store, its chunk geometry and what its header said (persistent).
-type OpenedStore = (Store, ChunkGeometry, Option<Loaded>);
-
-/// Opens the store named by the table: a transient store, or a persistent
-/// one with its header read (`dm_exception_store_create` and the store's
-/// `ctr`, reading only the header). Returns the store, its I/O and what the
-/// header said, for [`Snapshot::ctr`] to finish after registration.
-fn open_store(
-    kind: StoreKind,
-    chunk: u32,
-    origin: &TableDev,
-    cow: &TableDev,
-) -> Result<OpenedStore, CtrError> {
-    let StoreKind::Persistent { .. } = kind else {
-        // Chunk 0 is refused ("Chunk size not set") only after
-        // registration, as upstream: a handover destination takes its chunk
-        // size from the source at resume, so `N 0` is fine there. Until
-        // then the tables are sized as for one-sector chunks, as upstream
-        // sizes them for 0.
-        let g =
-            ChunkGeometry::new(chunk.max(1)).ok_or(CtrError::new(c"Chunk size not set", EINVAL))?;
-        return Ok((Store::Transient(TransientStore::new()), g, None));
-    };
-    let (cow_lbs, origin_lbs) = (
-        cow.logical_block_size() >> 9,
-        origin.logical_block_size() >> 9,
-    );
-    let valid_chunk = |c: u32| {
-        c.is_power_of_two()
-            && c % cow_lbs.max(1) == 0
-            && c % origin_lbs.max(1) == 0
-            && c <= crate::logic::table::MAX_CHUNK_SECTORS
-    };
-    let (pio, l) = PersistentIo::open(cow, chunk, valid_chunk).map_err(|e| {
-        let err = match e {
-            LoadError::Io(e) => e,
-            LoadError::Corrupt => ENXIO,
-            LoadError::Version | LoadError::ChunkSize => EINVAL,
-        };
-        CtrError::new(c"Failed to read snapshot metadata", err)
-    })?;
-    let g = ChunkGeometry::new(l.chunk)
-        .ok_or(CtrError::new(c"Failed to read snapshot metadata", EINVAL))?;
-    let store = Store::Persistent {
-        alloc: Allocator::new(),
-        io: pio,
-    };
-    Ok((store, g, Some(l)))
-}
-
-/// `ti->error` of a failed [`Snap::new`].
-fn snap_init_error(e: SnapInitError) -> CtrError {
-    match e {
-        SnapInitError::HashTables => CtrError::new(c"Unable to allocate hash table space", ENOMEM),
-        SnapInitError::Kcopyd(e) => CtrError::new(c"Could not create kcopyd client", e),
-        SnapInitError::Mempool => {
-            CtrError::new(c"Could not allocate mempool for pending exceptions", ENOMEM)
-        }
-    }
-}
-
-/// `ti->error` of a failed registration.
-fn register_error(e: HandoverError) -> CtrError {
-    match e {
-        HandoverError::NoMem => CtrError::new(c"Snapshot origin struct allocation failed", ENOMEM),
-        HandoverError::Pairing => CtrError::new(
-            c"Snapshot cow pairing for exception table handover failed",
-            EINVAL,
-        ),
-    }
+    pub(super) chunk: Option<u64>,
 }
 
 /// What a snapshot write to an uncopied chunk leaves to do once the state
@@ -159,7 +42,7 @@ enum After {
 /// A `snapshot` target. Dropping it shuts its snapshot down (see
 /// [`Snap::shutdown`]) before letting go of it.
 pub(crate) struct Snapshot {
-    snap: Arc<Snap>,
+    pub(super) snap: Arc<Snap>,
 }
 
 impl Drop for Snapshot {
@@ -269,17 +152,23 @@ impl Snapshot {
     }
 }
 
-#[vtable]
-impl TargetOps for Snapshot {
-    const NAME: &'static CStr = c_str!("snapshot");
-    const VERSION: [u32; 3] = [1, 16, 0];
-    type PerBio = Tracked;
-
-    fn ctr(setup: &mut Setup<'_>, argv: &[&[u8]]) -> Result<Pin<KBox<Self>>, CtrError> {
+impl Snapshot {
+    /// `snapshot_ctr` of either target.
+    pub(super) fn build(
+        setup: &mut Setup<'_>,
+        argv: &[&[u8]],
+        merge: bool,
+    ) -> Result<Pin<KBox<Self>>, CtrError> {
         let reg = Registry::get().ok_or(CtrError::new(c"Snapshot registry missing", EINVAL))?;
         let args = parse_snapshot(argv)?;
-        let (origin, cow, kind, chunk) = open_devices(setup, &args, false)?;
+        let (origin, cow, kind, chunk) = open_devices(setup, &args, merge)?;
         let (store, geometry, loaded) = open_store(kind, chunk, &origin, &cow)?;
+        if merge && store.io().is_none() {
+            return Err(CtrError::new(
+                c"Snapshot exception store does not support snapshot-merge.",
+                EINVAL,
+            ));
+        }
         let po = matches!(kind, StoreKind::Persistent { overflow: true });
         let (zeroes, passdown) = (args.discard_zeroes_cow, args.discard_passdown_origin);
         let snap = Snap::new(SnapArgs {
@@ -288,13 +177,14 @@ impl TargetOps for Snapshot {
             store,
             geometry,
             po,
+            merge,
             ti: setup.target().handle(),
             reg,
             discard_zeroes_cow: zeroes,
             discard_passdown_origin: passdown,
         })
         .map_err(snap_init_error)?;
-        setup.set_num_flush_bios(1);
+        setup.set_num_flush_bios(if merge { 2 } else { 1 });
         setup.set_num_discard_bios(match (zeroes, passdown) {
             (false, _) => 0,
             (true, false) => 1,
@@ -312,7 +202,8 @@ impl TargetOps for Snapshot {
         Ok(this)
     }
 
-    fn map(&self, _target: &Target, mut bio: OwnedBio, tracked: &mut Tracked) -> Mapped {
+    /// `snapshot_map`.
+    fn map_snapshot(&self, mut bio: OwnedBio, tracked: &mut Tracked) -> Mapped {
         let s = &*self.snap;
         if bio.is_preflush() {
             bio.set_dev(&s.cow);
@@ -378,13 +269,15 @@ impl TargetOps for Snapshot {
         Mapped::submitted()
     }
 
-    fn end_io(&self, _target: &Target, _bio: &Bio, tracked: &mut Tracked) {
+    /// `snapshot_end_io`.
+    pub(super) fn end_io_impl(&self, tracked: &mut Tracked) {
         if let Some(chunk) = tracked.chunk.take() {
             self.snap.untrack(chunk);
         }
     }
 
-    fn preresume(&self, _target: &Target) -> Result {
+    /// `snapshot_preresume`.
+    pub(super) fn preresume_impl(&self) -> Result {
         let s = &*self.snap;
         let o = s.reg.read();
         if let (Some(src), Some(_)) = o.sharing_cow(s) {
@@ -402,22 +295,35 @@ impl TargetOps for Snapshot {
         Ok(())
     }
 
-    fn resume(&self, target: &Target) {
+    /// `snapshot_resume`.
+    pub(super) fn resume_impl(&self, target: &Target) {
         // As upstream: quiesce the origin device (if it is a resumed
         // snapshot-origin) while this snapshot becomes active, so no origin
         // write is half-way through the COW decision.
         let s = &*self.snap;
         let reg = s.reg;
-        let held = {
+        // The device to quiesce: the origin's, or else a merging
+        // snapshot's (it stands for the origin), unless it is this one.
+        let (held, merging) = {
             let o = reg.read();
-            o.dm_origin(s.origin.key())
+            let merging = o
+                .find(s.origin.key())
+                .and_then(|os| os.iter().find(|t| t.merge).cloned());
+            let md = o
+                .dm_origin(s.origin.key())
+                .or(merging.as_ref().map(|m| m.ti))
                 .map(|ti| ti.md())
-                .filter(|md| *md != target.handle().md())
-                .and_then(|md| md.hold())
+                .filter(|md| *md != target.handle().md());
+            (md.and_then(|md| md.hold()), merging)
         };
         let mut held = held;
+        let mut restart = None;
         if let Some(h) = held.as_mut() {
             h.suspend_fast();
+            if let Some(m) = merging.filter(|m| m.merge_running()) {
+                m.stop_merge();
+                restart = Some(m);
+            }
         }
         {
             let o = reg.read();
@@ -428,75 +334,16 @@ impl TargetOps for Snapshot {
                 dest.ti.set_max_io_len(dest_st.geometry().sectors());
             }
         }
+        if let Some(m) = restart {
+            Snap::start_merge(&m);
+        }
         drop(held);
         reg.resort(s.origin.key());
         s.activate();
     }
 
-    fn status(&self, _target: &Target, kind: StatusType, out: &mut StatusBuf<'_>) {
-        let s = &*self.snap;
-        let _ = match kind {
-            StatusType::Info => {
-                let st = s.state.write();
-                if !st.valid {
-                    out.write_str("Invalid")
-                } else if st.merge_failed {
-                    out.write_str("Merge failed")
-                } else if st.overflowed {
-                    out.write_str("Overflow")
-                } else if st.handover_dest {
-                    // Not resumed yet: upstream's store has chunk size 0
-                    // and nothing allocated, and counts the COW's size.
-                    write!(out, "0/{} 0", s.cow.nr_sectors())
-                } else {
-                    let u = st.alloc().store.usage(st.geometry(), s.cow.nr_sectors());
-                    write!(out, "{}/{} {}", u.allocated, u.total, u.metadata)
-                }
-            }
-            StatusType::Table => {
-                let _ = write!(out, "{} {}", s.origin.name(), s.cow.name());
-                let st = s.state.read();
-                // A destination not yet resumed has no chunk size yet.
-                let chunk = if st.handover_dest {
-                    0
-                } else {
-                    st.geometry().sectors()
-                };
-                let _ = st.alloc().store.status_table(out, chunk, s.po);
-                let n = u32::from(s.discard_zeroes_cow) + u32::from(s.discard_passdown_origin);
-                if n > 0 {
-                    let _ = write!(out, " {}", n);
-                    if s.discard_zeroes_cow {
-                        let _ = out.write_str(" discard_zeroes_cow");
-                    }
-                    if s.discard_passdown_origin {
-                        let _ = out.write_str(" discard_passdown_origin");
-                    }
-                }
-                Ok(())
-            }
-            StatusType::Ima => {
-                let st = s.state.read();
-                let yn = |b: bool| if b { 'y' } else { 'n' };
-                let [major, minor, patch] = Self::VERSION;
-                write!(
-                    out,
-                    "target_name={},target_version={}.{}.{},snap_origin_name={},snap_cow_name={},snap_valid={},snap_merge_failed={},snapshot_overflowed={};",
-                    Self::NAME,
-                    major,
-                    minor,
-                    patch,
-                    s.origin.name(),
-                    s.cow.name(),
-                    yn(st.valid),
-                    yn(st.merge_failed),
-                    yn(st.overflowed)
-                )
-            }
-        };
-    }
-
-    fn iterate_devices(&self, target: &Target, visit: &mut DeviceVisitor<'_>) -> c_int {
+    /// `snapshot_iterate_devices`.
+    pub(super) fn iterate_impl(&self, target: &Target, visit: &mut DeviceVisitor<'_>) -> c_int {
         let s = &*self.snap;
         let r = visit.visit(&s.origin, 0, target.len());
         if r != 0 {
@@ -505,7 +352,8 @@ impl TargetOps for Snapshot {
         visit.visit(&s.cow, 0, s.cow.nr_sectors())
     }
 
-    fn io_hints(&self, _target: &Target, limits: &mut QueueLimits<'_>) {
+    /// `snapshot_io_hints`.
+    pub(super) fn io_hints_impl(&self, limits: &mut QueueLimits<'_>) {
         let s = &*self.snap;
         if s.discard_zeroes_cow {
             // Upstream's values (a sector count in the byte-sized granularity
@@ -515,32 +363,41 @@ impl TargetOps for Snapshot {
     }
 }
 
-/// A `snapshot-merge` target: table checks as upstream; merging itself
-/// needs the persistent store, so construction stops there for now.
-pub(crate) struct SnapshotMerge;
-
 #[vtable]
-impl TargetOps for SnapshotMerge {
-    const NAME: &'static CStr = c_str!("snapshot-merge");
-    const VERSION: [u32; 3] = [1, 5, 0];
-    type PerBio = ();
+impl TargetOps for Snapshot {
+    const NAME: &'static CStr = c_str!("snapshot");
+    const VERSION: [u32; 3] = [1, 16, 0];
+    type PerBio = Tracked;
 
     fn ctr(setup: &mut Setup<'_>, argv: &[&[u8]]) -> Result<Pin<KBox<Self>>, CtrError> {
-        let args = parse_snapshot(argv)?;
-        let (_origin, _cow, kind, _chunk) = open_devices(setup, &args, true)?;
-        Err(match kind {
-            StoreKind::Transient => CtrError::new(
-                c"Snapshot exception store does not support snapshot-merge.",
-                EINVAL,
-            ),
-            StoreKind::Persistent { .. } => CtrError::new(
-                c"snapshot-merge is not implemented by dm_snap_rs yet",
-                EINVAL,
-            ),
-        })
+        Self::build(setup, argv, false)
     }
 
-    fn map(&self, _target: &Target, bio: OwnedBio, _data: &mut ()) -> Mapped {
-        bio.kill()
+    fn map(&self, _target: &Target, bio: OwnedBio, tracked: &mut Tracked) -> Mapped {
+        self.map_snapshot(bio, tracked)
+    }
+
+    fn end_io(&self, _target: &Target, _bio: &Bio, tracked: &mut Tracked) {
+        self.end_io_impl(tracked)
+    }
+
+    fn preresume(&self, _target: &Target) -> Result {
+        self.preresume_impl()
+    }
+
+    fn resume(&self, target: &Target) {
+        self.resume_impl(target)
+    }
+
+    fn status(&self, _target: &Target, kind: StatusType, out: &mut StatusBuf<'_>) {
+        self.status_impl(kind, out, Self::NAME, Self::VERSION)
+    }
+
+    fn iterate_devices(&self, target: &Target, visit: &mut DeviceVisitor<'_>) -> c_int {
+        self.iterate_impl(target, visit)
+    }
+
+    fn io_hints(&self, _target: &Target, limits: &mut QueueLimits<'_>) {
+        self.io_hints_impl(limits)
     }
 }

@@ -48,6 +48,15 @@ impl Store {
         }
     }
 
+    /// After a merge batch: where the persistent allocator would be had
+    /// every remaining exception been committed in order (only status
+    /// reads it while merging).
+    pub(crate) fn set_next_free(&mut self, next_free: Chunk) {
+        if let Store::Persistent { alloc, .. } = self {
+            alloc.next_free = next_free;
+        }
+    }
+
     /// Space use for `dmsetup status` on a COW of `cow_sectors`.
     pub(crate) fn usage(&self, g: ChunkGeometry, cow_sectors: u64) -> Usage {
         match self {

@@ -8,6 +8,10 @@ use dm_snap_logic::persistent::Committer;
 
 const C: u32 = 8; // 4 KiB chunks: 256 exceptions per area
 
+fn step(old: u64, new: u64, chunks: usize) -> MergeStep {
+    MergeStep::Batch(Batch { old, new, chunks })
+}
+
 fn area_with(entries: &[(u64, u64)]) -> Vec<u8> {
     let mut a = vec![0u8; C as usize * 512];
     for (k, &(o, n)) in entries.iter().enumerate() {
@@ -57,35 +61,14 @@ fn a_run_is_not_extended_by_an_entry_consecutive_in_one_chunk_only() {
     let mut c = Committer::new(C);
     let area = area_with(&[(1, 9), (2, 11), (3, 12)]);
     c.current_committed = 3;
-    assert_eq!(
-        c.prepare_merge(&area),
-        MergeStep::Batch(Batch {
-            old: 2,
-            new: 11,
-            chunks: 2
-        })
-    );
+    assert_eq!(c.prepare_merge(&area), step(2, 11, 2));
     let area = area_with(&[(5, 10), (7, 11)]);
     c.current_committed = 2;
-    assert_eq!(
-        c.prepare_merge(&area),
-        MergeStep::Batch(Batch {
-            old: 7,
-            new: 11,
-            chunks: 1
-        })
-    );
+    assert_eq!(c.prepare_merge(&area), step(7, 11, 1));
     // Chunk 0 never underflows.
     let area = area_with(&[(0, 2)]);
     c.current_committed = 1;
-    assert_eq!(
-        c.prepare_merge(&area),
-        MergeStep::Batch(Batch {
-            old: 0,
-            new: 2,
-            chunks: 1
-        })
-    );
+    assert_eq!(c.prepare_merge(&area), step(0, 2, 1));
 }
 
 #[test]

@@ -194,3 +194,15 @@ handover_steps() {
 	dd if=/tmp/base of=$DM/$o bs=64k skip=200 seek=30 count=10 oflag=direct 2>/dev/null
 	echo "more origin writes: $($st)"
 }
+
+# suite_disks PREFIX ORIGIN_MB COW_MB: memory-backed null_blk disks
+# PREFIX_o and PREFIX_c as $O and $C (one result: the suite stops without
+# them), $S the origin's size in sectors, /tmp/base ORIGIN_MB MiB of random
+# data, and $TOOL the dm-snap-cow tool (scripts/check ships it).
+suite_disks() {
+	O=$(nullb_create $1_o $2); C=$(nullb_create $1_c $3)
+	need_blk "null_blk disks created" "$C"
+	S=$(blockdev --getsz $O)
+	pattern /tmp/base $2
+	TOOL=${DMSR_FILES:-/payload/files}/dm-snap-cow
+}

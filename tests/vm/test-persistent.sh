@@ -5,12 +5,7 @@
 # vm-timeout: 1400
 . "$(dirname "$0")/lib.sh"
 ktap_begin persistent 34
-TOOL=${DMSR_FILES:-/payload/files}/dm-snap-cow
-
-O=$(nullb_create ps_o 32); C=$(nullb_create ps_c 16)
-need_blk "null_blk disks created" "$C"
-S=$(blockdev --getsz $O)
-pattern /tmp/base 32
+suite_disks ps 32 16
 dd if=/tmp/base of=$O bs=1M oflag=direct 2>/dev/null
 
 # activate DRIVER STORE CHUNK: origin + snapshot on the same COW
