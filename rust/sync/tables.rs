@@ -349,12 +349,6 @@ pub struct PendingBox<P: PendingData>(NonNull<Entry<P>>);
 unsafe impl<P: PendingData> Send for PendingBox<P> {}
 
 impl<P: PendingData> PendingBox<P> {
-    /// The immutable part.
-    pub fn ctx(&self) -> &P::Ctx {
-        // SAFETY: we own the entry; `ctx` is never written after allocation.
-        unsafe { &(*self.0.as_ptr()).ctx }
-    }
-
     /// Origin chunk.
     pub fn old_chunk(&self) -> Chunk {
         // SAFETY: we own the entry.
@@ -599,11 +593,6 @@ impl<P: PendingData> Order<P> {
             raw: CompletionOrder::new(),
             id: ORDER_IDS.fetch_add(1, Ordering::Relaxed),
         }
-    }
-
-    /// Nothing is waiting.
-    pub fn is_empty(&self) -> bool {
-        self.raw.is_empty()
     }
 
     /// Appends `b`, the latest allocated; false if it is in an order
