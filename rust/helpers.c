@@ -77,11 +77,6 @@ void *dmsr_kmem_cache_alloc_noio(struct kmem_cache *cache)
 	return p ? p : kmem_cache_alloc(cache, GFP_ATOMIC);
 }
 
-struct dm_io_client *dmsr_dm_io_client_create(void)
-{
-	return dm_io_client_create();
-}
-
 int dmsr_chunk_io(struct dm_io_client *client, struct block_device *bdev,
 		  sector_t sector, sector_t count, void *vmem, int write, int commit)
 {

@@ -72,7 +72,6 @@ void dmsr_down_write_nested(struct rw_semaphore *sem);
  * commit write is REQ_PREFLUSH | REQ_FUA | REQ_SYNC, as upstream's area
  * writes.
  */
-struct dm_io_client *dmsr_dm_io_client_create(void);
 int dmsr_chunk_io(struct dm_io_client *client, struct block_device *bdev,
 		  sector_t sector, sector_t count, void *vmem, int write, int commit);
 

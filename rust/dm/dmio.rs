@@ -42,8 +42,9 @@ unsafe impl Sync for DmIo {}
 impl DmIo {
     /// A new client.
     pub fn new() -> Result<Self> {
-        // SAFETY: plain constructor; returns a pointer or an ERR_PTR.
-        let p = kernel::error::from_err_ptr(unsafe { sys::dmsr_dm_io_client_create() })?;
+        // SAFETY: `dm_io_client_create` (exported) takes nothing and returns
+        // a client or an ERR_PTR, which `from_err_ptr` checks.
+        let p = kernel::error::from_err_ptr(unsafe { sys::dm_io_client_create() })?;
         NonNull::new(p).map(Self).ok_or(ENOMEM)
     }
 
