@@ -6,9 +6,12 @@
 # from the COW alone (after a reboot). Each against the C driver: the
 # origin ends up holding what the snapshot held, status counts down to
 # "<meta>/<total> <meta>", the COW is left without exceptions.
+# Also: bad merges refused or stopped as upstream does, a suspended merge
+# standing still, and writes during a merge (lvm2's end to end merges are
+# in test-lvm.sh).
 # vm-timeout: 1200
 . "$(dirname "$0")/lib.sh"
-ktap_begin merge 13
+ktap_begin merge 15
 suite_disks mg 32 16
 
 # wait_merged DEV: polls DEV's status until allocated == metadata (what
@@ -38,15 +41,22 @@ prepare() {
 	echo "snapshot: $(sum $DM/mg-snap 32)"
 }
 
-# lvm2's way: snapshot-merge on the origin device, error on the snapshot.
-merge_handover() {
-	prepare
+# start_handover: what lvconvert --merge loads when nothing is open: a
+# snapshot-merge table on the origin device (on the snapshot's COW), an
+# error table on the snapshot device; the merge starts at the resume.
+start_handover() {
 	dmsetup suspend mg-snap || echo "SETUP FAILED: suspend snap"
 	dmsetup suspend mg-origin || echo "SETUP FAILED: suspend origin"
 	echo "0 $S snapshot-merge $O $C P 8" | dmsetup reload mg-origin || echo "SETUP FAILED: reload origin"
 	echo "0 $S error" | dmsetup reload mg-snap || echo "SETUP FAILED: reload snap"
 	dmsetup resume mg-origin || echo "SETUP FAILED: resume origin"
 	dmsetup resume mg-snap || echo "SETUP FAILED: resume snap"
+}
+
+# lvm2's way: snapshot-merge on the origin device, error on the snapshot.
+merge_handover() {
+	prepare
+	start_handover
 	echo "merged: $(wait_merged mg-origin)"
 	echo "table: $(dmsetup table mg-origin | cut -d' ' -f3,6-)"
 	echo "origin: $(sum $DM/mg-origin 32)"
@@ -92,32 +102,120 @@ load_rs; refusals >/tmp/rs.ref 2>&1
 expect_refused "a transient snapshot-merge refused as by the C driver" \
 	"$(sed -n 's/^N: //p' /tmp/c.ref)" "$(sed -n 's/^N: //p' /tmp/rs.ref)"
 
-# lvm2 end to end: lvconvert --merge of a snapshot LV (nothing open, so the
-# merge starts at once; lvconvert polls it to the end in the foreground).
-LVC='devices { types = [ "nullb", 16 ] } global { use_lvmpolld = 0 }'
-lvm_merge() {
-	P=$(nullb_create mg_pv 64)
-	lvm pvcreate -q -y --config "$LVC" $P && lvm vgcreate -q --config "$LVC" vgm $P &&
-		lvm lvcreate -q -y --config "$LVC" -L 24M -n lo vgm || echo "SETUP FAILED: VG"
-	dd if=/tmp/base of=$DM/vgm-lo bs=1M count=24 oflag=direct 2>/dev/null
-	lvm lvcreate -q -y --config "$LVC" -s -L 8M -n ls vgm/lo || echo "SETUP FAILED: snapshot LV"
-	dd if=/tmp/base of=$DM/vgm-lo bs=4k skip=3 seek=10 count=500 oflag=direct 2>/dev/null
-	dd if=/tmp/base of=$DM/vgm-ls bs=4k skip=77 seek=2000 count=200 oflag=direct 2>/dev/null
-	echo "snapshot: $(sum $DM/vgm-ls 24)"
-	lvm lvconvert -q --config "$LVC" --merge -i 1 vgm/ls >/dev/null 2>&1 || echo "lvconvert failed"
-	echo "LVs: $(lvm lvs --noheadings --config "$LVC" -o lv_name vgm | tr -d ' \n')"
-	echo "table: $(dmsetup table vgm-lo | cut -d' ' -f3)"
-	echo "origin: $(sum $DM/vgm-lo 24)"
-	for c in "lvremove -q -y vgm" "vgremove -q -y vgm" "pvremove -q -y $P"; do lvm $c --config "$LVC" >/dev/null 2>&1; done
-	nullb_remove mg_pv
+# --- bad merges, as upstream treats them -------------------------------------
+# try_merge NAME TABLE: "created <status>" or the ti->error of the refusal.
+try_merge() {
+	local e
+	e=$(dm_error_keep "$1" "$2")
+	if [ "$e" = created ]; then
+		sleep 1; echo "created $(dmsetup status "$1" | cut -d' ' -f4-)"
+		dmsetup remove "$1"
+	else echo "$e"; fi
 }
-load_c; lvm_merge >/tmp/c.lvm 2>&1
-load_rs; lvm_merge >/tmp/rs.lvm 2>&1
-same_output "lvconvert --merge: LVs, table and data as with the C driver" /tmp/c.lvm /tmp/rs.lvm
-expect_eq "lvconvert --merge: the origin LV holds what the snapshot LV held" \
-	"origin: $(sed -n 's/^snapshot: //p' /tmp/rs.lvm)" "$(grep '^origin: ' /tmp/rs.lvm)"
-expect_eq "lvconvert --merge: the snapshot LV is gone, the origin is linear again" \
-	"LVs: lo  table: linear" "$(grep '^LVs: ' /tmp/rs.lvm)  $(grep '^table: ' /tmp/rs.lvm)"
+# dm_error_keep NAME TABLE: as dm_error, but a created device stays.
+dm_error_keep() {
+	dmesg -c >/dev/null
+	if echo "$2" | dmsetup create "$1" 2>/dev/null; then echo created; return; fi
+	dmsetup remove "$1" 2>/dev/null
+	dmesg | sed -n 's/.*device-mapper: table: [0-9]*:[0-9]*: \(snapshot[a-z-]*: \)/\1/p' | tail -1
+}
+bad_merges() {
+	O2=/dev/mg_o2
+	# An invalidated snapshot (overflowed on a 1 MiB COW): the merge
+	# starts, logs "can't merge" and stops; the origin is left alone.
+	dd if=/dev/zero of=/dev/mg_small bs=1M count=1 oflag=direct 2>/dev/null
+	snap_setup mg-origin mg-snap "0 $S snapshot $O /dev/mg_small P 8"
+	dd if=/tmp/base of=$DM/mg-origin bs=1M count=3 skip=9 oflag=direct 2>/dev/null
+	echo "overflowed: $(dmsetup status mg-snap | cut -d' ' -f4-)"
+	dmsetup remove mg-snap; dmsetup remove mg-origin
+	before=$(sum $O 32)
+	dmesg -c >/dev/null
+	echo "invalid: $(try_merge mg-m "0 $S snapshot-merge $O /dev/mg_small P 8")"
+	echo "invalid, logged: $(dmesg | grep -c "can't merge")"
+	[ "$(sum $O 32)" = "$before" ] && echo "invalid: origin untouched" || echo "invalid: origin CHANGED"
+	# A COW without a header (zeroed), and one with garbage in it.
+	dd if=/dev/zero of=/dev/mg_small bs=1M count=1 oflag=direct 2>/dev/null
+	echo "zeroed COW: $(try_merge mg-m "0 $S snapshot-merge $O /dev/mg_small P 8")"
+	dd if=/tmp/base of=/dev/mg_small bs=1M count=1 skip=20 oflag=direct 2>/dev/null
+	echo "garbage COW: $(try_merge mg-m "0 $S snapshot-merge $O /dev/mg_small P 8")"
+	# A snapshot of $O merged into another origin device: no handover (the
+	# COW is not shared on that origin), the COW is read as after a reboot.
+	dd if=/dev/zero of=$C bs=1M count=1 oflag=direct 2>/dev/null
+	snap_setup mg-origin mg-snap "0 $S snapshot $O $C P 8"
+	dd if=/tmp/base of=$DM/mg-origin bs=4k skip=11 seek=100 count=70 oflag=direct 2>/dev/null
+	dd if=/tmp/base of=$O2 bs=1M oflag=direct 2>/dev/null
+	echo "other origin: $(try_merge mg-m "0 $S snapshot-merge $O2 $C P 8")"
+	echo "other origin data: $(sum $O2 32)"
+	echo "snapshot after: $(dmsetup status mg-snap | cut -d' ' -f4-)"
+	dmsetup remove mg-snap; dmsetup remove mg-origin
+}
+nullb_create mg_small 1 >/dev/null; nullb_create mg_o2 32 >/dev/null
+load_c; bad_merges >/tmp/c.bad 2>&1
+load_rs; bad_merges >/tmp/rs.bad 2>&1
+same_output "bad merges: invalid snapshot, COW without header or with garbage, other origin: as the C driver" \
+	/tmp/c.bad /tmp/rs.bad
+expect_eq "an invalid snapshot is not merged: Invalid, \"can't merge\" logged, origin untouched" \
+	"invalid: created Invalid|invalid, logged: 1|invalid: origin untouched" \
+	"$(grep '^invalid' /tmp/rs.bad | tr '\n' '|' | sed 's/|$//')"
+
+# --- a suspended merge stands still, and goes on at the resume ---------------
+# Many single-chunk exceptions (every other chunk), so the merge takes a
+# while; the status must not move while the origin device is suspended.
+many() {
+	dd if=/dev/zero of=$C bs=1M count=1 oflag=direct 2>/dev/null
+	snap_setup mg-origin mg-snap "0 $S snapshot $O $C P 8"
+	i=0; while [ $i -lt 1200 ]; do
+		dd if=/tmp/base of=$DM/mg-origin bs=4k count=1 skip=$((i * 3)) seek=$((i * 2)) oflag=direct 2>/dev/null
+		i=$((i + 1))
+	done
+	echo "snapshot: $(sum $DM/mg-snap 32)"
+}
+stop_restart() {
+	many
+	start_handover
+	dmsetup suspend mg-origin || echo "SETUP FAILED: suspend merging origin"
+	a=$(dmsetup status mg-origin | cut -d' ' -f4-); sleep 2; b=$(dmsetup status mg-origin | cut -d' ' -f4-)
+	[ "$a" = "$b" ] && echo "suspended: still" || echo "suspended: moved ($a -> $b)"
+	dmsetup resume mg-origin || echo "SETUP FAILED: resume merging origin"
+	echo "merged: $(wait_merged mg-origin)"
+	echo "origin: $(sum $DM/mg-origin 32)"
+	dmsetup remove mg-snap; dmsetup remove mg-origin
+}
+load_rs; stop_restart >/tmp/rs.stop 2>&1
+expect_eq "a suspended merge stands still; resumed, it finishes with the snapshot's data" \
+	"suspended: still|origin: $(sed -n 's/^snapshot: //p' /tmp/rs.stop)" \
+	"$(grep -E '^(suspended|origin):' /tmp/rs.stop | tr '\n' '|' | sed 's/|$//')"
+
+# --- writes during the merge --------------------------------------------------
+# fio writes 2000 distinct random 4 KiB blocks to the merging origin (its
+# buffers refilled from its seeded generator, so the data of each block is
+# the same in every run); the same job on a copy of the snapshot's data is
+# the reference.
+FIO="--name=w --rw=randwrite --bs=4k --size=32M --number_ios=2000 --iodepth=4 --ioengine=libaio
+	--direct=1 --randrepeat=1 --randseed=4242 --refill_buffers=1 --output=/dev/null"
+io_during() {
+	many
+	dd if=$DM/mg-snap of=/dev/mg_ref bs=1M iflag=direct oflag=direct 2>/dev/null
+	start_handover
+	fio $FIO --filename=$DM/mg-origin || echo "fio on the merging origin failed"
+	echo "during: $(dmsetup status mg-origin | cut -d' ' -f4-)" >/tmp/during
+	echo "merged: $(wait_merged mg-origin)"
+	echo "origin: $(sum $DM/mg-origin 32)"
+	fio $FIO --filename=/dev/mg_ref || echo "fio on the reference failed"
+	echo "reference: $(sum /dev/mg_ref 32)"
+	dmsetup remove mg-snap; dmsetup remove mg-origin
+	echo "exceptions left: $($TOOL dump $C | grep -c '^area')"
+}
+nullb_create mg_ref 32 >/dev/null
+load_c; io_during >/tmp/c.io 2>&1
+load_rs; io_during >/tmp/rs.io 2>&1
+same_output "writes during a merge: data and end state as the C driver's" /tmp/c.io /tmp/rs.io
+expect_eq "writes during a merge: the origin is the snapshot's data plus every write, merged to the end" \
+	"origin: $(sed -n 's/^reference: //p' /tmp/rs.io)|exceptions left: 0" \
+	"$(grep -E '^(origin|exceptions left):' /tmp/rs.io | tr '\n' '|' | sed 's/|$//')"
+grep -q 'during: .*/' /tmp/during || echo "# note: the merge was over before fio's writes ended"
+nullb_remove mg_small; nullb_remove mg_o2; nullb_remove mg_ref
+
 unload_drivers
 nullb_remove mg_o; nullb_remove mg_c
 summary
