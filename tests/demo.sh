@@ -35,6 +35,38 @@ echo; echo "# first 64 MiB (the snapshot wrote only above 64 MiB):"
 echo "  origin before the snapshot: $BEFORE"
 echo "  snapshot now:               $(md5 /dev/mapper/demo-snap 64)   <- unchanged"
 echo "  origin now:                 $(md5 /dev/mapper/demo-origin 64)   <- fio's writes"
+run dmsetup remove demo-snap
+
+echo; echo "# roll back: a persistent snapshot, the origin overwritten, then snapshot-merge"
+echo "# (what lvconvert --merge loads: the merge table on the origin device, an error"
+echo "#  table on the snapshot's)"
+dd if=/dev/zero of="$COW" bs=1M count=1 oflag=direct 2>/dev/null
+dmsetup suspend demo-origin
+run sh -c "echo '0 $S snapshot $NB $COW P 16' | dmsetup create demo-snap"
+dmsetup resume demo-origin
+SNAP=$(md5 /dev/mapper/demo-snap 64)
+fio --name=over --filename=/dev/mapper/demo-origin --rw=randwrite --bs=4k --size=64M --number_ios=1000 \
+	--direct=1 --ioengine=libaio --iodepth=16 --output=/dev/null
+run dmsetup status demo-snap
+echo "  snapshot: $SNAP   origin now: $(md5 /dev/mapper/demo-origin 64)"
+dmsetup suspend demo-snap; dmsetup suspend demo-origin
+echo "0 $S snapshot-merge $NB $COW P 16" | dmsetup reload demo-origin
+echo "0 $S error" | dmsetup reload demo-snap
+run dmsetup resume demo-origin
+dmsetup resume demo-snap
+run dmsetup table demo-origin
+echo; echo "# status of the merging origin: <allocated>/<total> <metadata>, shrinking to allocated == metadata"
+i=0
+while [ $i -lt 600 ]; do
+	st=$(dmsetup status demo-origin | cut -d' ' -f4-)
+	[ $((i % 4)) -eq 0 ] && echo "  $st"
+	[ "${st%%/*}" = "${st##* }" ] && break
+	sleep 0.25; i=$((i + 1))
+done
+echo "  $st   <- merged"
+echo "  origin after the merge: $(md5 /dev/mapper/demo-origin 64)   <- the snapshot's data again"
+[ "$(md5 /dev/mapper/demo-origin 64)" = "$SNAP" ] && echo "  rolled back: origin == snapshot"
+
 echo; echo "# the module cannot go while tables use it:"
 rmmod dm_snap_rs || true
 run dmsetup remove demo-snap

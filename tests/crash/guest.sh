@@ -7,6 +7,18 @@
 #                              (scripts/crash-expect.py) and that the snapshot
 #                              still has the origin as it was; dm-snap-cow
 #                              check; then write until killed (cycle N)
+#   guest.sh merge-init        as init, then 2048 scattered origin writes (so
+#                              2048 exceptions to merge); prints SNAPBLK
+#                              "<64K block> <md5>" of the snapshot
+#   guest.sh merge-cycle N EXPECT [BLOCKS]  a snapshot-merge table on the COW
+#                              (the merge resumes, as after a reboot); verify
+#                              as cycle does, through the merging device; then
+#                              write until killed, printing the merge status.
+#                              Last boot (BLOCKS given): wait for the end of the
+#                              merge, then check on the bare origin every
+#                              acknowledged write, every untouched 64K block
+#                              against the snapshot, and that no exception is
+#                              left in the COW
 . /payload/tests/vm/lib.sh
 TOOL=/payload/files/dm-snap-cow
 insmod $KO || exit 1
@@ -19,7 +31,85 @@ activate() {
 block() { yes "blk $1 cycle $2 " | head -c 4096; }
 half_sum() { dd if=$1 bs=64k count=$((HALF / 128)) iflag=direct 2>/dev/null | md5sum | cut -c1-32; }
 
+# verify_acks EXPECT DEVICE-PREFIX: the positions scripts/crash-expect.py
+# lists, each with the md5 of its last acknowledged content and of the
+# one that may have been in flight at the kill (either is right); adds
+# the losses to $bad.
+verify_acks() {
+	n=0
+	[ -f "$1" ] || return 0
+	while read -r dev pos want alt; do
+		n=$((n + 1))
+		got=$(dd if=$2$dev bs=4k skip=$pos count=1 iflag=direct 2>/dev/null | md5sum | cut -c1-32)
+		[ "$got" = "$want" ] || [ "$got" = "$alt" ] ||
+			{ bad=$((bad + 1)); echo "VERIFY-FAIL $dev block $pos: acknowledged write lost"; }
+	done <"$1"
+	echo "VERIFY acknowledged writes on $2: $n checked, $bad lost so far"
+}
+splat_count() {
+	dmesg | grep -cE 'WARNING:|BUG:|Oops|KASAN|possible (circular|recursive) locking|sleeping function called from invalid context'
+}
+merge_status() { dmsetup status c-merge | cut -d' ' -f4-; }
+merge_done() { st=$(merge_status); case $st in */*\ *) [ "${st%%/*}" = "${st##* }" ] ;; *) false ;; esac; }
+
 case $1 in
+merge-init)
+	dd if=/dev/urandom of=/dev/vda bs=1M oflag=direct 2>/dev/null
+	dd if=/dev/zero of=/dev/vdb bs=1M count=1 oflag=direct 2>/dev/null
+	activate || exit 1
+	fio --name=x --filename=/dev/mapper/c-origin --rw=randwrite --bs=4k --size=$((S / 2048))M \
+		--number_ios=2048 --direct=1 --ioengine=libaio --iodepth=8 --output=/dev/null || exit 1
+	echo "INIT-STATUS $(dmsetup status c-snap)"
+	b=0
+	while [ $b -lt $((S / 128)) ]; do
+		echo "SNAPBLK $b $(dd if=/dev/mapper/c-snap bs=64k skip=$b count=1 iflag=direct 2>/dev/null | md5sum | cut -c1-32)"
+		b=$((b + 1))
+	done
+	dmsetup remove c-snap; dmsetup remove c-origin
+	exit 0
+	;;
+merge-cycle)
+	N=$2 bad=0
+	echo "0 $S snapshot-merge /dev/vda /dev/vdb P 8" | dmsetup create c-merge || { echo "VERIFY-FAIL merge table"; exit 1; }
+	echo "STATUS $(merge_status)"
+	verify_acks "$3" /dev/mapper/c-
+	if [ -n "$4" ]; then   # last boot: the merge to its end, then the bare origin
+		i=0
+		while ! merge_done && [ $i -lt 1200 ]; do sleep 0.5; i=$((i + 1)); done
+		merge_done && echo "VERIFY-OK merge finished: $(merge_status)" ||
+			{ echo "VERIFY-FAIL merge not finished: $(merge_status)"; bad=$((bad + 1)); }
+		dmsetup remove c-merge
+		sed 's/^merge /vda /' "$3" >/tmp/expect.vda
+		verify_acks /tmp/expect.vda /dev/
+		nb=0 nblk=0
+		while read -r b want; do
+			nblk=$((nblk + 1))
+			got=$(dd if=/dev/vda bs=64k skip=$b count=1 iflag=direct 2>/dev/null | md5sum | cut -c1-32)
+			[ "$got" = "$want" ] || { nb=$((nb + 1)); echo "VERIFY-FAIL origin 64K block $b is not the snapshot's"; }
+		done <"$4"
+		bad=$((bad + nb))
+		echo "VERIFY untouched 64K blocks of the origin: $nblk checked against the snapshot, $nb differ"
+		left=$($TOOL dump /dev/vdb | grep -c '^area')
+		[ "$left" = 0 ] && echo "VERIFY-OK no exception left in the COW" ||
+			{ echo "VERIFY-FAIL $left exceptions left in the COW"; bad=$((bad + 1)); }
+		$TOOL check /dev/vdb && echo "VERIFY-OK dm-snap-cow check" || { echo "VERIFY-FAIL dm-snap-cow check"; bad=$((bad + 1)); }
+	fi
+	splats=$(splat_count)
+	echo "SPLATS $splats"
+	[ $bad -eq 0 ] && [ "$splats" -eq 0 ] && echo "CYCLE-VERIFIED" || echo "CYCLE-FAILED"
+	[ -n "$4" ] && { [ $bad -eq 0 ] && [ "$splats" -eq 0 ]; exit $?; }
+	echo "WORKLOAD-GO"
+	i=0
+	while :; do
+		i=$((i + 1))
+		[ $((i % 4)) -eq 1 ] && echo "MERGE $(merge_status)"
+		r=$(od -An -N4 -tu4 /dev/urandom | tr -d ' ')
+		pos=$(( r % (S / 8) ))
+		echo "TRY merge $pos $N"
+		block $pos $N | dd of=/dev/mapper/c-merge bs=4k seek=$pos count=1 oflag=direct conv=fsync 2>/dev/null &&
+			echo "ACK merge $pos $N"
+	done
+	;;
 init)
 	dd if=/dev/urandom of=/dev/vda bs=1M oflag=direct 2>/dev/null
 	dd if=/dev/zero of=/dev/vdb bs=1M count=1 oflag=direct 2>/dev/null
