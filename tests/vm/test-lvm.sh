@@ -182,7 +182,7 @@ grow() {
 
 ext4_rollback() {
 	vg_up || { echo "SETUP FAILED: VG"; return; }
-	mke2fs -q -F -t ext4 $DM/vgl-lo >/dev/null 2>&1 || echo "SETUP FAILED: mke2fs"
+	/sbin/mke2fs -q -F -t ext4 $DM/vgl-lo >/dev/null 2>&1 || echo "SETUP FAILED: mke2fs"
 	mkdir -p /mnt/lo
 	mount -t ext4 $DM/vgl-lo /mnt/lo || echo "SETUP FAILED: mount"
 	dd if=/tmp/base of=/mnt/lo/a bs=64k count=40 skip=1 2>/dev/null
@@ -199,7 +199,8 @@ ext4_rollback() {
 	umount /mnt/lo || echo "SETUP FAILED: umount"
 	L lvchange -q --refresh vgl/lo >/dev/null 2>&1; echo "refresh rc=$?"
 	wait_gone sx
-	e2fsck -fn $DM/vgl-lo >/tmp/fsck 2>&1; echo "e2fsck -fn rc=$?"
+	/sbin/e2fsck -fn $DM/vgl-lo >/tmp/fsck 2>&1; r=$?; echo "e2fsck -fn rc=$r"
+	[ $r = 0 ] || sed "s/^/  fsck: /" /tmp/fsck | head -20
 	mount -t ext4 -o ro $DM/vgl-lo /mnt/lo || echo "SETUP FAILED: mount after merge"
 	echo "rolled back: $(cd /mnt/lo && md5sum a b | tr '\n' ' ')"
 	echo "listing: $(ls /mnt/lo | tr '\n' ' ')"
