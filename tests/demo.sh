@@ -46,7 +46,7 @@ run sh -c "echo '0 $S snapshot $NB $COW P 16' | dmsetup create demo-snap"
 dmsetup resume demo-origin
 SNAP=$(md5 /dev/mapper/demo-snap 64)
 fio --name=over --filename=/dev/mapper/demo-origin --rw=randwrite --bs=4k --size=64M --number_ios=1000 \
-	--direct=1 --ioengine=libaio --iodepth=16 --output=/dev/null
+	--direct=1 --ioengine=libaio --iodepth=16 --eta=never --output=/dev/null
 run dmsetup status demo-snap
 echo "  snapshot: $SNAP   origin now: $(md5 /dev/mapper/demo-origin 64)"
 dmsetup suspend demo-snap; dmsetup suspend demo-origin
