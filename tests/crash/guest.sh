@@ -132,19 +132,8 @@ cycle)
 	N=$2 ACKS=$3 WANT=$(cat /payload/files/origin.sum)
 	activate || { echo "VERIFY-FAIL reactivation"; exit 1; }
 	echo "STATUS $(dmsetup status c-snap)"
-	bad=0 n=0
-	if [ -f "$ACKS" ]; then
-		# scripts/crash-expect.py lists each position to check with the
-		# md5 of its last acknowledged content and of the one that may
-		# have been in flight at the kill (either is right).
-		while read -r dev pos want alt; do
-			n=$((n + 1))
-			got=$(dd if=/dev/mapper/c-$dev bs=4k skip=$pos count=1 iflag=direct 2>/dev/null | md5sum | cut -c1-32)
-			[ "$got" = "$want" ] || [ "$got" = "$alt" ] ||
-				{ bad=$((bad + 1)); echo "VERIFY-FAIL $dev block $pos: acknowledged write lost"; }
-		done <"$ACKS"
-	fi
-	echo "VERIFY acknowledged writes: $n checked, $bad lost"
+	bad=0
+	verify_acks "$ACKS" /dev/mapper/c-
 	got=$(half_sum /dev/mapper/c-snap)
 	[ "$got" = "$WANT" ] && echo "VERIFY-OK snapshot lower half as at snapshot time" ||
 		{ echo "VERIFY-FAIL snapshot lower half $got, want $WANT"; bad=$((bad + 1)); }
@@ -152,7 +141,7 @@ cycle)
 	dmsetup suspend c-snap; dmsetup suspend c-origin
 	if $TOOL check /dev/vdb; then echo "VERIFY-OK dm-snap-cow check"; else echo "VERIFY-FAIL dm-snap-cow check"; bad=$((bad + 1)); fi
 	dmsetup resume c-origin; dmsetup resume c-snap
-	splats=$(dmesg | grep -cE 'WARNING:|BUG:|Oops|KASAN|possible (circular|recursive) locking|sleeping function called from invalid context')
+	splats=$(splat_count)
 	echo "SPLATS $splats"
 	[ $bad -eq 0 ] && [ "$splats" -eq 0 ] && echo "CYCLE-VERIFIED" || echo "CYCLE-FAILED"
 	if [ -n "$4" ]; then   # last verification only

@@ -122,10 +122,12 @@ nullb_remove() {
 # the target's own line counts, not what dm logs after it (a table teardown
 # warning). The log is cleared first; scripts/vm-run reads the kernel log as
 # it is streamed, so clearing it hides nothing from the splat check.
+# DM_ERROR_KEEP=1 leaves a created device in place.
 dm_error() {
 	dmesg -c >/dev/null
 	if echo "$2" | dmsetup create "$1" 2>/dev/null; then
-		dmsetup remove "$1"; echo created; return
+		[ "${DM_ERROR_KEEP:-}" = 1 ] || dmsetup remove "$1"
+		echo created; return
 	fi
 	dmsetup remove "$1" 2>/dev/null
 	dmesg | sed -n 's/.*device-mapper: table: [0-9]*:[0-9]*: \(snapshot[a-z-]*: \)/\1/p' | tail -1

@@ -51,6 +51,11 @@ vg_up() {
 		L lvcreate -q -y -L 24M -n lo vgl >/dev/null || return 1
 	dd if=/tmp/base of=$DM/vgl-lo bs=1M count=24 oflag=direct 2>/dev/null
 }
+# vg_with_snap NAME SIZE: vg_up and a snapshot LV NAME of lo.
+vg_with_snap() {
+	vg_up || { echo "SETUP FAILED: VG"; return 1; }
+	L lvcreate -q -y -s -L "$2" -n "$1" vgl/lo >/dev/null || echo "SETUP FAILED: snapshot LV $1"
+}
 # vg_down: everything vg_up and a workflow made goes, whatever state it is
 # in (a background poller stopped first, removal of the origin stops a
 # merge; what lvm leaves is removed by dmsetup).
@@ -95,8 +100,7 @@ fio_blocks() {
 }
 
 merge_now() {
-	vg_up || { echo "SETUP FAILED: VG"; return; }
-	L lvcreate -q -y -s -L 8M -n ls vgl/lo >/dev/null || echo "SETUP FAILED: snapshot LV"
+	vg_with_snap ls 8M || return
 	dd if=/tmp/base of=$DM/vgl-lo bs=4k skip=3 seek=10 count=500 oflag=direct 2>/dev/null
 	dd if=/tmp/base of=$DM/vgl-ls bs=4k skip=77 seek=2000 count=200 oflag=direct 2>/dev/null
 	echo "snapshot: $(lvsum ls)"
@@ -113,8 +117,7 @@ merge_now() {
 }
 
 merge_deferred() {
-	vg_up || { echo "SETUP FAILED: VG"; return; }
-	L lvcreate -q -y -s -L 8M -n ls vgl/lo >/dev/null || echo "SETUP FAILED: snapshot LV"
+	vg_with_snap ls 8M || return
 	dd if=/tmp/base of=$DM/vgl-lo bs=4k skip=3 seek=10 count=300 oflag=direct 2>/dev/null
 	L lvcreate -q -y -s -L 8M -n s2 vgl/lo >/dev/null || echo "SETUP FAILED: second snapshot LV"
 	dd if=/tmp/base of=$DM/vgl-ls bs=4k skip=77 seek=2000 count=100 oflag=direct 2>/dev/null
@@ -139,8 +142,7 @@ merge_deferred() {
 }
 
 merge_fault() {
-	vg_up || { echo "SETUP FAILED: VG"; return; }
-	L lvcreate -q -y -s -L 8M -n ls vgl/lo >/dev/null || echo "SETUP FAILED: snapshot LV"
+	vg_with_snap ls 8M || return
 	fio_blocks $DM/vgl-lo 500 7 || echo "SETUP FAILED: fio"
 	echo "snapshot: $(lvsum ls)"
 	# The 200 oldest exceptions' data (COW chunks 2..201; 4 KiB chunks)
@@ -161,8 +163,7 @@ merge_fault() {
 }
 
 grow() {
-	vg_up || { echo "SETUP FAILED: VG"; return; }
-	L lvcreate -q -y -s -L 4M -n g vgl/lo >/dev/null || echo "SETUP FAILED: snapshot LV"
+	vg_with_snap g 4M || return
 	dd if=/tmp/base of=$DM/vgl-g bs=1M count=2 seek=1 skip=3 oflag=direct 2>/dev/null
 	echo "created: $(lvs_line) $(dmsetup status vgl-g | cut -d' ' -f4-)"
 	L lvextend -q -L +8M vgl/g >/dev/null 2>&1; echo "lvextend rc=$?"
