@@ -1,0 +1,490 @@
+//! The compact index of completed exceptions: an ordered B+tree of 4 KiB
+//! [`Node`]s keyed by origin chunk, storing runs of consecutive chunks, and
+//! sharded by chunk range, each shard locked like a bucket of
+//! [`super::exception_table`].
+//!
+//! Why: upstream's complete table is a hash of 32-byte objects, at most
+//! 131,072 buckets, so at millions of exceptions every lookup walks a long
+//! chain, and a run can cover at most 256 chunks. Here an isolated
+//! exception costs one 8-byte leaf slot and a run of any length two, and a
+//! lookup is a binary search per level (at most four levels for 2^32
+//! chunks).
+//!
+//! - **Dense COW numbers.** A persistent COW interleaves a metadata chunk
+//!   every `exceptions_per_area` data chunks, so chunks allocated in order
+//!   are not consecutive across an area's end; the index stores each COW
+//!   chunk as its number among data chunks only ([`CowLayout`]), so an
+//!   origin written sequentially is one run per shard range whatever the
+//!   areas.
+//! - **Shards.** Shard `s` holds the chunks `c` with `(c >> RANGE_SHIFT) &
+//!   mask == s`: ranges of 4,096 chunks dealt round the shards, so that
+//!   neighbouring chunks share a shard (and a run) and random writes spread
+//!   over all of them. The shard's lock word is the bucket head of
+//!   [`BucketLock`] (an `hlist_bl` bit lock in the kernel): the root pointer
+//!   with the lock in bit 0. Nothing else locks the tree.
+//! - **No allocation under the lock.** A split takes nodes from the shard's
+//!   spare list (kept in its root). When an insert (or the removal of a
+//!   chunk from the middle of a run) needs more than the list holds, it
+//!   changes nothing and returns [`IndexError::NeedNodes`]: the caller
+//!   drops the lock, allocates that many zeroed nodes (from a reserve that
+//!   cannot fail, in the kernel), hands them over with
+//!   [`Shard::give`] under the lock, and retries.
+//! - **Removal** (a merge) never frees a node: emptied leaves stay until
+//!   the index is drained, so a removal needs at most the nodes of one
+//!   split (a run cut in the middle becomes two).
+//!
+//! Limits: origin chunks below 2^32 and dense COW chunks below 2^30
+//! ([`ExceptionIndex::fits`]); beyond, the caller keeps the hash table.
+
+use super::chunk::Chunk;
+use super::disk_format::exceptions_per_area;
+use super::exception_table::BucketLock;
+use super::index_node::{
+    free_tree, insert_at, key_of, remove_at, single, tree_stats, val_of, Node, DENSE_MASK, END,
+    INNER_CAP, LEAF_CAP, START,
+};
+use core::marker::PhantomData;
+use core::ops::Deref;
+use core::ptr::{self, NonNull};
+use core::sync::atomic::Ordering;
+
+/// log2 of the chunks of one shard range.
+pub const RANGE_SHIFT: u32 = 12;
+/// Deepest tree the index builds (four levels hold 2^32 chunks even with
+/// half-full nodes).
+const MAX_DEPTH: usize = 8;
+
+/// Where a COW's data chunks are, to number them densely.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CowLayout {
+    /// Data chunks between two metadata chunks; 0: every chunk is data.
+    per_area: u64,
+}
+
+impl CowLayout {
+    /// A transient COW: chunks are allocated from 0 with no metadata.
+    pub const fn transient() -> Self {
+        Self { per_area: 0 }
+    }
+
+    /// A persistent COW of `chunk_sectors` chunks: the header, then areas
+    /// of one metadata chunk and its data chunks.
+    pub fn persistent(chunk_sectors: u32) -> Self {
+        Self {
+            per_area: exceptions_per_area(chunk_sectors),
+        }
+    }
+
+    /// Dense number of data chunk `cow`; `None` for the header or a
+    /// metadata chunk.
+    pub fn dense(self, cow: Chunk) -> Option<u64> {
+        let pa = self.per_area;
+        if pa == 0 {
+            return Some(cow);
+        }
+        let x = cow.checked_sub(2)?;
+        let (area, r) = (x / (pa + 1), x % (pa + 1));
+        (r < pa).then_some(area * pa + r)
+    }
+
+    /// COW chunk of dense number `d`.
+    pub fn cow(self, d: u64) -> Chunk {
+        let pa = self.per_area;
+        match pa {
+            0 => d,
+            _ => 2 + d / pa * (pa + 1) + d % pa,
+        }
+    }
+}
+
+/// Why an index operation did nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IndexError {
+    /// Give the shard this many more nodes ([`Shard::give`]) and retry.
+    NeedNodes(usize),
+    /// No exception for the chunk (removal).
+    NotFound,
+    /// The chunk has an exception already (insertion).
+    Present,
+    /// Beyond [`ExceptionIndex::fits`].
+    OutOfRange,
+}
+
+/// What an index holds ([`ExceptionIndex::stats`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IndexStats {
+    /// Nodes in the trees and spare lists.
+    pub nodes: usize,
+    /// Leaf slots in use.
+    pub slots: usize,
+    /// Runs (two slots each); the rest are single chunks.
+    pub runs: usize,
+    /// Chunks with an exception.
+    pub chunks: u64,
+}
+
+/// The index over shard heads `H` (a power of two of zeroed `L::Head`s).
+pub struct ExceptionIndex<H: Deref<Target = [L::Head]>, L: BucketLock> {
+    heads: H,
+    class: L::Class,
+    mask: u64,
+    layout: CowLayout,
+    _lock: PhantomData<L>,
+}
+
+impl<H: Deref<Target = [L::Head]>, L: BucketLock> ExceptionIndex<H, L> {
+    /// An empty index over `heads`; `None` unless their count is a power
+    /// of two.
+    pub fn new(heads: H, layout: CowLayout) -> Option<Self>
+    where
+        L::Class: Default,
+    {
+        Self::with_class(heads, layout, L::Class::default())
+    }
+
+    /// The same, with the lock class its shards are checked as.
+    pub fn with_class(heads: H, layout: CowLayout, class: L::Class) -> Option<Self> {
+        let n = heads.len();
+        n.is_power_of_two().then(|| Self {
+            heads,
+            class,
+            mask: n as u64 - 1,
+            layout,
+            _lock: PhantomData,
+        })
+    }
+
+    /// True if an origin of `origin_chunks` and a COW of `cow_chunks` fit
+    /// the index's 32-bit origin and 30-bit COW numbers.
+    pub fn fits(origin_chunks: u64, cow_chunks: u64) -> bool {
+        origin_chunks <= 1 << 32 && cow_chunks <= u64::from(DENSE_MASK)
+    }
+
+    /// Shards worth having for an origin of `origin_chunks`: one per range,
+    /// at most `max` (a power of two).
+    pub fn shards_for(origin_chunks: u64, max: usize) -> usize {
+        let ranges = (origin_chunks >> RANGE_SHIFT).max(1);
+        let want = ranges.min(max as u64);
+        1 << (63 - want.leading_zeros())
+    }
+
+    /// Number of shards.
+    pub fn shards(&self) -> usize {
+        self.heads.len()
+    }
+
+    /// Locks the shard of `chunk`. Keep the guard short: it spins other
+    /// CPUs, with preemption off in the kernel.
+    pub fn lock(&self, chunk: Chunk) -> Shard<'_, L> {
+        let head = &self.heads[((chunk >> RANGE_SHIFT) & self.mask) as usize];
+        L::lock(&self.class, head);
+        Shard {
+            head,
+            class: &self.class,
+            layout: self.layout,
+        }
+    }
+
+    /// What the index holds; takes each shard's lock in turn.
+    pub fn stats(&self) -> IndexStats {
+        let mut s = IndexStats::default();
+        for i in 0..self.heads.len() {
+            let shard = self.lock((i as u64) << RANGE_SHIFT);
+            let root = shard.root();
+            // SAFETY: the tree of a locked shard is ours to read.
+            unsafe { tree_stats(root, &mut s) };
+            s.nodes += shard.spares();
+        }
+        s
+    }
+
+    /// Empties the index, handing every node to `free`; needs no lock,
+    /// since `&mut self` excludes every other user.
+    pub fn drain(&mut self, mut free: impl FnMut(NonNull<Node>)) {
+        for head in self.heads.iter() {
+            let root = (L::word(head).swap(0, Ordering::Relaxed) & !1) as *mut Node;
+            // SAFETY: the tree is unlinked from the index: ours alone.
+            unsafe { free_tree(root, &mut free) };
+        }
+    }
+}
+
+/// The inner nodes from the root down to a leaf, with the child taken in
+/// each.
+struct Path {
+    steps: [(*mut Node, usize); MAX_DEPTH],
+    depth: usize,
+}
+
+/// A locked shard; unlocked on drop.
+pub struct Shard<'a, L: BucketLock> {
+    head: &'a L::Head,
+    class: &'a L::Class,
+    layout: CowLayout,
+}
+
+impl<L: BucketLock> Drop for Shard<'_, L> {
+    fn drop(&mut self) {
+        L::unlock(self.class, self.head);
+    }
+}
+
+impl<L: BucketLock> Shard<'_, L> {
+    fn root(&self) -> *mut Node {
+        (L::word(self.head).load(Ordering::Relaxed) & !1) as *mut Node
+    }
+
+    fn set_root(&mut self, n: *mut Node) {
+        // Keep the lock's bits (a bit lock: ours, held).
+        L::word(self.head).store(n as usize | L::LOCK_BITS, Ordering::Relaxed);
+    }
+
+    /// Spare nodes of the shard.
+    fn spares(&self) -> usize {
+        let mut n = 0;
+        let mut p = self.root();
+        // SAFETY: the root and its spare list belong to this locked shard.
+        unsafe {
+            if !p.is_null() {
+                p = (*p).spare;
+            }
+            while !p.is_null() {
+                n += 1;
+                p = (*p).spare;
+            }
+        }
+        n
+    }
+
+    /// Takes a spare node, which [`Shard::split`] made sure exists.
+    fn pop_spare(&mut self) -> Option<&mut Node> {
+        let root = self.root();
+        // SAFETY: the root and its spare list belong to this locked shard,
+        // and a spare is in no tree: ours to hand out, once.
+        unsafe {
+            let s = (*root).spare.as_mut()?;
+            (*root).spare = s.spare;
+            s.spare = ptr::null_mut();
+            Some(s)
+        }
+    }
+
+    /// Takes `node`, a zeroed node from the caller, as a spare (or as the
+    /// root of an empty shard).
+    ///
+    /// # Safety
+    ///
+    /// `node` is valid, in no index, and stays valid until the index hands
+    /// it back through [`ExceptionIndex::drain`].
+    pub unsafe fn give(&mut self, node: NonNull<Node>) {
+        let n = node.as_ptr();
+        let root = self.root();
+        // SAFETY: `n` is ours (caller); the root belongs to the locked shard.
+        unsafe {
+            (*n).spare = ptr::null_mut();
+            if root.is_null() {
+                (*n).len = 0;
+                (*n).inner = 0;
+                self.set_root(n);
+            } else {
+                (*n).spare = (*root).spare;
+                (*root).spare = n;
+            }
+        }
+    }
+
+    /// The leaf that holds `key`, and the way to it.
+    fn descend(&self, key: u32, path: &mut Path) -> Option<*mut Node> {
+        let mut n = self.root();
+        path.depth = 0;
+        loop {
+            // SAFETY: nodes of the locked shard's tree are valid and ours.
+            let node = unsafe { n.as_ref()? };
+            if node.is_leaf() {
+                return Some(n);
+            }
+            let i = node.child_for(u64::from(key));
+            *path.steps.get_mut(path.depth)? = (n, i);
+            path.depth += 1;
+            n = node.kid(i);
+        }
+    }
+
+    /// The COW chunk of origin chunk `chunk`, if it has an exception.
+    pub fn lookup(&self, chunk: Chunk) -> Option<Chunk> {
+        let key = u32::try_from(chunk).ok()?;
+        let mut path = Path {
+            steps: [(ptr::null_mut(), 0); MAX_DEPTH],
+            depth: 0,
+        };
+        // SAFETY: a leaf of the locked shard's tree.
+        let leaf = unsafe { &*self.descend(key, &mut path)? };
+        let i = leaf.leaf_upper(key);
+        let s = *leaf.leaf().get(i.checked_sub(1)?)?;
+        let (k, v) = (key_of(s), val_of(s));
+        let d = if k == key {
+            v & DENSE_MASK
+        } else if v & START != 0 {
+            (v & DENSE_MASK) + (key - k)
+        } else {
+            return None;
+        };
+        Some(self.layout.cow(u64::from(d)))
+    }
+
+    /// Records that origin chunk `chunk` is in COW chunk `cow`, joining the
+    /// runs it extends.
+    pub fn insert(&mut self, chunk: Chunk, cow: Chunk) -> Result<(), IndexError> {
+        let key = u32::try_from(chunk).map_err(|_| IndexError::OutOfRange)?;
+        let dense = self
+            .layout
+            .dense(cow)
+            .filter(|&d| d <= u64::from(DENSE_MASK))
+            .ok_or(IndexError::OutOfRange)? as u32;
+        loop {
+            let (path, leaf) = self.path_to(key)?;
+            // SAFETY: a leaf of the locked shard's tree, ours to change.
+            let leaf = unsafe { &mut *leaf };
+            let i = leaf.leaf_upper(key);
+            let prev = i.checked_sub(1).map(|j| leaf.slots[j]);
+            if prev.is_some_and(|p| key_of(p) == key || val_of(p) & START != 0) {
+                return Err(IndexError::Present);
+            }
+            let left = prev.filter(|&p| {
+                val_of(p) & START == 0
+                    && key_of(p) + 1 == key
+                    && (val_of(p) & DENSE_MASK) + 1 == dense
+            });
+            let next = (i < leaf.len()).then(|| leaf.slots[i]);
+            let right = next.filter(|&n| {
+                val_of(n) & END == 0
+                    && u64::from(key) + 1 == u64::from(key_of(n))
+                    && dense + 1 == val_of(n) & DENSE_MASK
+            });
+            let grows = match (left, right) {
+                (None, None) => true,
+                (Some(l), None) => single(val_of(l)),
+                (None, Some(r)) => single(val_of(r)),
+                (Some(_), Some(_)) => false,
+            };
+            if grows && leaf.len() == LEAF_CAP {
+                self.split(&path, leaf)?;
+                continue;
+            }
+            insert_at(leaf, i, key, dense, left, right);
+            return Ok(());
+        }
+    }
+
+    /// Takes origin chunk `chunk` out of the index (a merge copied it
+    /// back), from anywhere in its run.
+    pub fn remove(&mut self, chunk: Chunk) -> Result<(), IndexError> {
+        let key = u32::try_from(chunk).map_err(|_| IndexError::NotFound)?;
+        loop {
+            let (path, leaf) = self.path_to(key).map_err(|_| IndexError::NotFound)?;
+            // SAFETY: a leaf of the locked shard's tree, ours to change.
+            let leaf = unsafe { &mut *leaf };
+            let j = leaf
+                .leaf_upper(key)
+                .checked_sub(1)
+                .ok_or(IndexError::NotFound)?;
+            let (k, v) = (key_of(leaf.slots[j]), val_of(leaf.slots[j]));
+            if k != key && v & START == 0 {
+                return Err(IndexError::NotFound);
+            }
+            if k != key && leaf.len() + 2 > LEAF_CAP {
+                // A cut in the middle may need two more slots.
+                self.split(&path, leaf)?;
+                continue;
+            }
+            remove_at(leaf, j, key);
+            return Ok(());
+        }
+    }
+
+    /// The way to the leaf of `key`; `NeedNodes(1)` for an empty shard.
+    fn path_to(&self, key: u32) -> Result<(Path, *mut Node), IndexError> {
+        let mut path = Path {
+            steps: [(ptr::null_mut(), 0); MAX_DEPTH],
+            depth: 0,
+        };
+        if self.root().is_null() {
+            return Err(IndexError::NeedNodes(1));
+        }
+        // Deeper than MAX_DEPTH cannot be built (`split`).
+        let leaf = self.descend(key, &mut path).ok_or(IndexError::OutOfRange)?;
+        Ok((path, leaf))
+    }
+
+    /// Splits the full `leaf` (and the full inner nodes above it), with
+    /// spare nodes only; asks for more if there are too few.
+    fn split(&mut self, path: &Path, leaf: &mut Node) -> Result<(), IndexError> {
+        let steps = &path.steps[..path.depth];
+        if let Some(&(parent, idx)) = steps.last() {
+            // SAFETY: the parent and its children belong to the locked
+            // shard; a sibling is another node than `leaf`.
+            let parent = unsafe { &mut *parent };
+            if idx < parent.len() {
+                // SAFETY: as above.
+                if let Some(sep) = leaf.give_right(unsafe { &mut *parent.kid(idx + 1) }) {
+                    parent.set_key(idx, sep);
+                    return Ok(());
+                }
+            }
+            if idx > 0 {
+                // SAFETY: as above.
+                if let Some(sep) = leaf.give_left(unsafe { &mut *parent.kid(idx - 1) }) {
+                    parent.set_key(idx - 1, sep);
+                    return Ok(());
+                }
+            }
+        }
+        // SAFETY: inner nodes on the path belong to the locked shard.
+        let full = steps
+            .iter()
+            .rev()
+            .take_while(|&&(n, _)| unsafe { (*n).len() } == INNER_CAP)
+            .count();
+        let new_root = full == steps.len();
+        if new_root && path.depth + 1 >= MAX_DEPTH {
+            return Err(IndexError::OutOfRange);
+        }
+        let need = 1 + full + usize::from(new_root);
+        let have = self.spares();
+        if have < need {
+            return Err(IndexError::NeedNodes(need - have));
+        }
+        let old_root = self.root();
+        let right = self.pop_spare().ok_or(IndexError::NeedNodes(need))?;
+        let mut sep = leaf.split_leaf(right);
+        let mut right: *mut Node = right;
+        for &(parent, idx) in steps.iter().rev() {
+            // SAFETY: inner nodes on the path belong to the locked shard.
+            let parent = unsafe { &mut *parent };
+            if parent.len() < INNER_CAP {
+                parent.inner_insert(idx, sep, right);
+                return Ok(());
+            }
+            let r2 = self.pop_spare().ok_or(IndexError::NeedNodes(need))?;
+            let (up, m) = parent.split_inner(r2);
+            if idx <= m {
+                parent.inner_insert(idx, sep, right);
+            } else {
+                r2.inner_insert(idx - m - 1, sep, right);
+            }
+            sep = up;
+            right = r2;
+        }
+        let root = self.pop_spare().ok_or(IndexError::NeedNodes(need))?;
+        root.make_root(old_root, sep, right);
+        let root: *mut Node = root;
+        // The spare list lives in the root: move it up.
+        // SAFETY: both are nodes of the locked shard.
+        unsafe {
+            (*root).spare = (*old_root).spare;
+            (*old_root).spare = ptr::null_mut();
+        }
+        self.set_root(root);
+        Ok(())
+    }
+}

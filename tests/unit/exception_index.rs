@@ -1,0 +1,288 @@
+//! Userspace tests of the compact exception index: a model check against
+//! `BTreeMap` under random inserts and removals (including cuts in the
+//! middle of runs), the dense numbering of a persistent COW, memory per
+//! exception, and concurrent use of the shard locks from several threads.
+
+use dm_snap_logic::exception_index::{CowLayout, ExceptionIndex, IndexError, RANGE_SHIFT};
+use dm_snap_logic::exception_table::SpinBit;
+use dm_snap_logic::index_node::{Node, NODE_BYTES};
+use std::alloc::{alloc_zeroed, dealloc, Layout};
+use std::collections::BTreeMap;
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+type Index = ExceptionIndex<Vec<AtomicUsize>, SpinBit>;
+
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+
+fn node() -> NonNull<Node> {
+    LIVE.fetch_add(1, Ordering::Relaxed);
+    // SAFETY: a zeroed `Node` is a valid empty leaf.
+    NonNull::new(unsafe { alloc_zeroed(Layout::new::<Node>()) }.cast()).unwrap()
+}
+
+fn free(n: NonNull<Node>) {
+    LIVE.fetch_sub(1, Ordering::Relaxed);
+    unsafe { dealloc(n.as_ptr().cast(), Layout::new::<Node>()) };
+}
+
+fn index(shards: usize, layout: CowLayout) -> Index {
+    ExceptionIndex::new((0..shards).map(|_| AtomicUsize::new(0)).collect(), layout).unwrap()
+}
+
+/// Runs `op` on the locked shard of `chunk`, giving it nodes until it
+/// stops asking (as the kernel does: allocate with no lock held).
+fn with_nodes(
+    ix: &Index,
+    chunk: u64,
+    mut op: impl FnMut(
+        &mut dm_snap_logic::exception_index::Shard<'_, SpinBit>,
+    ) -> Result<(), IndexError>,
+) -> Result<(), IndexError> {
+    loop {
+        let r = op(&mut ix.lock(chunk));
+        match r {
+            Err(IndexError::NeedNodes(n)) => {
+                assert!(n > 0 && n <= 8, "asks for {n} nodes");
+                let nodes: Vec<_> = (0..n).map(|_| node()).collect();
+                let mut s = ix.lock(chunk);
+                for p in nodes {
+                    unsafe { s.give(p) };
+                }
+            }
+            r => return r,
+        }
+    }
+}
+
+fn insert(ix: &Index, old: u64, new: u64) -> Result<(), IndexError> {
+    with_nodes(ix, old, |s| s.insert(old, new))
+}
+
+fn remove(ix: &Index, old: u64) -> Result<(), IndexError> {
+    with_nodes(ix, old, |s| s.remove(old))
+}
+
+fn lookup(ix: &Index, old: u64) -> Option<u64> {
+    ix.lock(old).lookup(old)
+}
+
+fn drain(mut ix: Index) {
+    ix.drain(free);
+}
+
+/// xorshift: a reproducible stream without a crate.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+#[test]
+fn dense_numbers_skip_metadata() {
+    let l = CowLayout::persistent(8); // 256 exceptions per area
+    assert_eq!(l.dense(0), None);
+    assert_eq!(l.dense(1), None);
+    assert_eq!(l.dense(2), Some(0));
+    assert_eq!(l.dense(257), Some(255));
+    assert_eq!(l.dense(258), None); // area 1's metadata chunk
+    assert_eq!(l.dense(259), Some(256));
+    for d in [0, 1, 255, 256, 257, 100_000, 1 << 29] {
+        assert_eq!(l.dense(l.cow(d)), Some(d));
+    }
+    let t = CowLayout::transient();
+    assert_eq!((t.dense(0), t.cow(7)), (Some(0), 7));
+}
+
+#[test]
+fn runs_join_and_split() {
+    let ix = index(1, CowLayout::transient());
+    insert(&ix, 10, 100).unwrap();
+    insert(&ix, 12, 102).unwrap();
+    assert_eq!(ix.stats().slots, 2);
+    insert(&ix, 11, 101).unwrap(); // joins two singles into one run
+    let s = ix.stats();
+    assert_eq!((s.slots, s.runs, s.chunks), (2, 1, 3));
+    insert(&ix, 9, 99).unwrap(); // prepends
+    insert(&ix, 13, 103).unwrap(); // appends
+    assert_eq!(ix.stats().slots, 2);
+    assert_eq!(insert(&ix, 11, 5), Err(IndexError::Present));
+    assert_eq!(insert(&ix, 13, 5), Err(IndexError::Present));
+    assert_eq!(lookup(&ix, 11), Some(101));
+    assert_eq!(lookup(&ix, 14), None);
+    assert_eq!(lookup(&ix, 8), None);
+    remove(&ix, 11).unwrap(); // middle: 9-10 and 12-13
+    let s = ix.stats();
+    assert_eq!((s.slots, s.runs, s.chunks), (4, 2, 4));
+    assert_eq!(lookup(&ix, 11), None);
+    assert_eq!(lookup(&ix, 12), Some(102));
+    assert_eq!(remove(&ix, 11), Err(IndexError::NotFound));
+    remove(&ix, 10).unwrap(); // end of a two-chunk run: a single is left
+    remove(&ix, 12).unwrap();
+    let s = ix.stats();
+    assert_eq!((s.slots, s.runs, s.chunks), (2, 0, 2));
+    // Not adjacent in the COW: no run.
+    insert(&ix, 14, 200).unwrap();
+    assert_eq!(ix.stats().runs, 0);
+    drain(ix);
+}
+
+#[test]
+fn sequential_fill_is_one_run_per_range() {
+    let layout = CowLayout::persistent(8);
+    // Every shard costs at least a node: 2 shards of 4 KiB for 1M chunks.
+    let ix = index(2, layout);
+    let n: u64 = 1 << 20;
+    let mut cow = 2;
+    for old in 0..n {
+        insert(&ix, old, cow).unwrap();
+        cow += 1;
+        if layout.dense(cow).is_none() {
+            cow += 1;
+        }
+    }
+    let s = ix.stats();
+    assert_eq!(s.chunks, n);
+    assert_eq!(s.runs as u64, n >> RANGE_SHIFT);
+    assert!((s.nodes * NODE_BYTES) as f64 / (n as f64) < 0.01, "{s:?}");
+    for old in (0..n).step_by(997) {
+        assert_eq!(lookup(&ix, old), Some(layout.cow(old)));
+    }
+    drain(ix);
+}
+
+/// Random inserts and removals against a model; every so often the whole
+/// model is checked, hits and misses.
+#[test]
+fn model_check() {
+    for (shards, span, seed) in [(1, 3000u64, 1u64), (4, 40_000, 7), (16, 1 << 20, 99)] {
+        let layout = CowLayout::persistent(16);
+        let ix = index(shards, layout);
+        let mut model = BTreeMap::new();
+        let mut rng = Rng(seed);
+        let mut next_dense = 0u64;
+        for step in 0..60_000u64 {
+            let r = rng.next();
+            let old = r % span;
+            if r >> 60 < 11 {
+                // Mostly short sequential bursts, so runs form and break.
+                for k in 0..(r >> 40) % 6 + 1 {
+                    let o = (old + k) % span;
+                    let want = if model.contains_key(&o) {
+                        Err(IndexError::Present)
+                    } else {
+                        Ok(())
+                    };
+                    let cow = layout.cow(next_dense);
+                    assert_eq!(insert(&ix, o, cow), want);
+                    if want.is_ok() {
+                        model.insert(o, cow);
+                        next_dense += 1;
+                    }
+                }
+            } else {
+                let want = if model.remove(&old).is_some() {
+                    Ok(())
+                } else {
+                    Err(IndexError::NotFound)
+                };
+                assert_eq!(remove(&ix, old), want, "remove {old} at step {step}");
+            }
+            if step % 20_000 == 19_999 {
+                for o in 0..span.min(50_000) {
+                    assert_eq!(
+                        lookup(&ix, o),
+                        model.get(&o).copied(),
+                        "chunk {o} at step {step}"
+                    );
+                }
+                assert_eq!(ix.stats().chunks, model.len() as u64);
+            }
+        }
+        for (&o, &c) in &model {
+            assert_eq!(lookup(&ix, o), Some(c));
+        }
+        let s = ix.stats();
+        assert_eq!(s.chunks, model.len() as u64);
+        drain(ix);
+    }
+}
+
+#[test]
+fn random_exceptions_cost_at_most_12_bytes() {
+    let ix = index(256, CowLayout::transient());
+    let n = 1u64 << 20;
+    let mut rng = Rng(5);
+    let mut placed = 0u64;
+    while placed < n {
+        let old = rng.next() % (64 * n);
+        if insert(&ix, old, placed * 2).is_ok() {
+            placed += 1;
+        }
+    }
+    let s = ix.stats();
+    let per = (s.nodes * NODE_BYTES) as f64 / n as f64;
+    assert!(per <= 12.0, "{per:.2} B per exception, {s:?}");
+    drain(ix);
+}
+
+#[test]
+fn nodes_all_come_back() {
+    let before = LIVE.load(Ordering::Relaxed);
+    let ix = index(8, CowLayout::transient());
+    let mut rng = Rng(3);
+    for i in 0..200_000 {
+        let _ = insert(&ix, rng.next() % 10_000_000, i);
+    }
+    assert!(LIVE.load(Ordering::Relaxed) > before);
+    drain(ix);
+    // Other tests run in parallel threads: allow their nodes, but ours
+    // (hundreds) must be gone.
+    assert!(LIVE.load(Ordering::Relaxed) < before + 64);
+}
+
+#[test]
+fn out_of_range() {
+    let ix = index(1, CowLayout::transient());
+    assert_eq!(insert(&ix, 1 << 32, 0), Err(IndexError::OutOfRange));
+    assert_eq!(insert(&ix, 0, 1 << 30), Err(IndexError::OutOfRange));
+    assert_eq!(lookup(&ix, 1 << 32), None);
+    assert!(Index::fits(1 << 32, (1 << 30) - 1));
+    assert!(!Index::fits((1 << 32) + 1, 10));
+    assert_eq!(Index::shards_for(100, 1024), 1);
+    assert_eq!(Index::shards_for(1 << 24, 1024), 1024);
+    assert_eq!(Index::shards_for(3 << RANGE_SHIFT, 1024), 2);
+    drain(ix);
+}
+
+#[test]
+fn threads_share_shards() {
+    let ix = Arc::new(index(8, CowLayout::transient()));
+    let threads: Vec<_> = (0..4u64)
+        .map(|t| {
+            let ix = ix.clone();
+            std::thread::spawn(move || {
+                let mut rng = Rng(t + 11);
+                for i in 0..50_000u64 {
+                    // Thread t owns chunks = t mod 4: shards are shared.
+                    let old = (rng.next() % (1 << 22)) & !3 | t;
+                    let _ = insert(&ix, old, (i << 2) | t);
+                    if let Some(c) = lookup(&ix, old) {
+                        assert_eq!(c & 3, t);
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let ix = Arc::try_unwrap(ix).ok().unwrap();
+    assert!(ix.stats().chunks > 190_000);
+    drain(ix);
+}
