@@ -11,6 +11,10 @@ unsigned int dmsr_cow_threshold = 2048;
 module_param_named(snapshot_cow_threshold, dmsr_cow_threshold, uint, 0644);
 MODULE_PARM_DESC(snapshot_cow_threshold, "Maximum number of chunks being copied on write");
 
+bool dmsr_exception_index = true;
+module_param_named(snapshot_exception_index, dmsr_exception_index, bool, 0644);
+MODULE_PARM_DESC(snapshot_exception_index, "Keep completed exceptions in the compact B+tree index (0: upstream's hash table); read at table load");
+
 DECLARE_DM_KCOPYD_THROTTLE_WITH_MODULE_PARM(snapshot_copy_throttle,
 		"A percentage of time allocated for copy on write");
 

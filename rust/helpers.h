@@ -62,6 +62,9 @@ struct dm_kcopyd_client *dmsr_kcopyd_client_create(void);
  */
 extern unsigned int dmsr_cow_threshold;
 
+/* The snapshot_exception_index module parameter (read at table load). */
+extern bool dmsr_exception_index;
+
 void dmsr_fsleep(unsigned long usecs);
 
 /* down_write_nested() is a macro without lockdep. */

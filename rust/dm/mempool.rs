@@ -48,6 +48,25 @@ impl<T> Mempool<T> {
         }
     }
 
+    /// Allocates a zeroed `T` with `GFP_NOIO`: may sleep, never fails. Call
+    /// with no spinlock held. For values too big to build on the stack.
+    ///
+    /// # Safety
+    ///
+    /// All-zero bytes must be a valid `T`.
+    pub unsafe fn alloc_zeroed(&self) -> NonNull<T> {
+        loop {
+            // SAFETY: the pool is live; GFP_NOIO mempool allocations wait.
+            let p = unsafe { sys::dmsr_mempool_alloc_noio(self.pool.as_ptr()) }.cast::<T>();
+            if let Some(p) = NonNull::new(p) {
+                // SAFETY: `p` is a fresh buffer of `size_of::<T>()` bytes;
+                // zeroes are a valid `T` (caller).
+                unsafe { core::ptr::write_bytes(p.as_ptr(), 0, 1) };
+                return p;
+            }
+        }
+    }
+
     /// Allocates and moves `value` in without sleeping (`GFP_NOWAIT`: the
     /// allocator if it has memory at hand, else the pool's reserve), so it
     /// may be called under a spinlock; `None` (and `value` dropped) when

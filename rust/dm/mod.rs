@@ -38,3 +38,11 @@ pub fn cow_threshold() -> u32 {
     // `READ_ONCE` (an aligned `u32`, never torn).
     unsafe { core::ptr::read_volatile(&raw const crate::bindings::dmsr_cow_threshold) }
 }
+
+/// The `snapshot_exception_index` module parameter, read once: whether new
+/// snapshots keep their completed exceptions in the compact index.
+pub fn exception_index() -> bool {
+    // SAFETY: as in `cow_threshold`: a module-lifetime `bool` that sysfs
+    // stores 0 or 1 to, read once, volatile (one byte, never torn).
+    unsafe { core::ptr::read_volatile(&raw const crate::bindings::dmsr_exception_index) }
+}

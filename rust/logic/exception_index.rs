@@ -38,13 +38,14 @@
 
 use super::chunk::Chunk;
 use super::disk_format::exceptions_per_area;
-use super::exception_table::BucketLock;
+use super::exception_table::{BucketLock, ExceptionTable, Locked};
 use super::index_node::{
     free_tree, insert_at, key_of, remove_at, single, tree_stats, val_of, Node, DENSE_MASK, END,
     INNER_CAP, LEAF_CAP, START,
 };
 use core::marker::PhantomData;
-use core::ops::Deref;
+use core::mem::ManuallyDrop;
+use core::ops::{Deref, DerefMut};
 use core::ptr::{self, NonNull};
 use core::sync::atomic::Ordering;
 
@@ -173,16 +174,32 @@ impl<H: Deref<Target = [L::Head]>, L: BucketLock> ExceptionIndex<H, L> {
         self.heads.len()
     }
 
-    /// Locks the shard of `chunk`. Keep the guard short: it spins other
-    /// CPUs, with preemption off in the kernel.
-    pub fn lock(&self, chunk: Chunk) -> Shard<'_, L> {
-        let head = &self.heads[((chunk >> RANGE_SHIFT) & self.mask) as usize];
-        L::lock(&self.class, head);
-        Shard {
-            head,
+    fn shard(&self, chunk: Chunk) -> ShardRef<'_, L> {
+        ShardRef {
+            head: &self.heads[((chunk >> RANGE_SHIFT) & self.mask) as usize],
             class: &self.class,
             layout: self.layout,
         }
+    }
+
+    /// Locks the shard of `chunk`. Keep the guard short: it spins other
+    /// CPUs, with preemption off in the kernel.
+    pub fn lock(&self, chunk: Chunk) -> Shard<'_, L> {
+        let s = self.shard(chunk);
+        L::lock(s.class, s.head);
+        Shard(s)
+    }
+
+    /// Locks the shard of `chunk`, then its bucket in `pending` (upstream's
+    /// `dm_exception_table_lock`: complete, then pending).
+    pub fn lock_pair<'a, H2: Deref<Target = [L::Head]>>(
+        &'a self,
+        pending: &'a ExceptionTable<H2, L>,
+        chunk: Chunk,
+    ) -> ShardPair<'a, L> {
+        let (first, second) = (self.shard(chunk), pending.locked(chunk));
+        L::lock_pair(first.class, first.head, second.class, second.head);
+        ShardPair { first, second }
     }
 
     /// What the index holds; takes each shard's lock in turn.
@@ -216,20 +233,96 @@ struct Path {
     depth: usize,
 }
 
-/// A locked shard; unlocked on drop.
-pub struct Shard<'a, L: BucketLock> {
+impl Path {
+    /// Nodes a split of the leaf at the end takes: the leaf's new sibling,
+    /// one per full inner node above it, and a new root if all are full.
+    fn split_cost(&self) -> usize {
+        let steps = &self.steps[..self.depth];
+        // SAFETY: the path was walked in a shard whose lock is held, which
+        // keeps its nodes.
+        let full = steps
+            .iter()
+            .rev()
+            .take_while(|&&(n, _)| unsafe { (*n).len() } == INNER_CAP)
+            .count();
+        1 + full + usize::from(full == steps.len())
+    }
+}
+
+/// A shard whose lock the holder of this value owns: what may be done in
+/// a locked shard. Only [`Shard`] and [`ShardPair`] make one, and they
+/// unlock it when dropped.
+pub struct ShardRef<'a, L: BucketLock> {
     head: &'a L::Head,
     class: &'a L::Class,
     layout: CowLayout,
 }
 
-impl<L: BucketLock> Drop for Shard<'_, L> {
-    fn drop(&mut self) {
-        L::unlock(self.class, self.head);
+/// A locked shard; unlocked on drop.
+pub struct Shard<'a, L: BucketLock>(ShardRef<'a, L>);
+
+impl<'a, L: BucketLock> Deref for Shard<'a, L> {
+    type Target = ShardRef<'a, L>;
+    fn deref(&self) -> &ShardRef<'a, L> {
+        &self.0
     }
 }
 
-impl<L: BucketLock> Shard<'_, L> {
+impl<'a, L: BucketLock> DerefMut for Shard<'a, L> {
+    fn deref_mut(&mut self) -> &mut ShardRef<'a, L> {
+        &mut self.0
+    }
+}
+
+impl<L: BucketLock> Drop for Shard<'_, L> {
+    fn drop(&mut self) {
+        L::unlock(self.0.class, self.0.head);
+    }
+}
+
+impl<'a, L: BucketLock> Shard<'a, L> {
+    /// Also locks the bucket of `chunk` in `pending`, keeping this shard:
+    /// the pair [`ExceptionIndex::lock_pair`] would have taken, in the same
+    /// order.
+    pub fn and_lock<H2: Deref<Target = [L::Head]>>(
+        self,
+        pending: &'a ExceptionTable<H2, L>,
+        chunk: Chunk,
+    ) -> ShardPair<'a, L> {
+        // The pair takes over this guard's lock: no unlock on our drop.
+        let this = ManuallyDrop::new(self);
+        let first = ShardRef {
+            head: this.0.head,
+            class: this.0.class,
+            layout: this.0.layout,
+        };
+        let second = pending.locked(chunk);
+        L::lock(second.class, second.head);
+        ShardPair { first, second }
+    }
+}
+
+/// A chunk's shard and its bucket of the pending table, locked together by
+/// [`ExceptionIndex::lock_pair`]; unlocked together on drop.
+pub struct ShardPair<'a, L: BucketLock> {
+    /// The shard (locked first).
+    pub first: ShardRef<'a, L>,
+    /// The pending table's bucket.
+    pub second: Locked<'a, L>,
+}
+
+impl<L: BucketLock> Drop for ShardPair<'_, L> {
+    fn drop(&mut self) {
+        L::unlock_pair(
+            self.first.class,
+            self.first.head,
+            self.second.class,
+            self.second.head,
+        );
+    }
+}
+
+impl<L: BucketLock> ShardRef<'_, L> {
     fn root(&self) -> *mut Node {
         (L::word(self.head).load(Ordering::Relaxed) & !1) as *mut Node
     }
@@ -291,6 +384,25 @@ impl<L: BucketLock> Shard<'_, L> {
                 (*root).spare = n;
             }
         }
+    }
+
+    /// Nodes to [`give`](ShardRef::give) before a change that needs `room`
+    /// more slots in the leaf of `chunk` (1 for an insert, 2 for a
+    /// removal) cannot ask for more: a split of the leaf and the full
+    /// nodes above it, less the spares at hand. Lets the caller allocate
+    /// before it takes the locks that the change happens under.
+    pub fn needs(&self, chunk: Chunk, room: usize) -> usize {
+        let Ok(key) = u32::try_from(chunk) else {
+            return 0;
+        };
+        let Ok((path, leaf)) = self.path_to(key) else {
+            return 1;
+        };
+        // SAFETY: a leaf of the locked shard's tree.
+        if unsafe { (*leaf).len() } + room <= LEAF_CAP {
+            return 0;
+        }
+        path.split_cost().saturating_sub(self.spares())
     }
 
     /// The leaf that holds `key`, and the way to it.
@@ -439,17 +551,10 @@ impl<L: BucketLock> Shard<'_, L> {
                 }
             }
         }
-        // SAFETY: inner nodes on the path belong to the locked shard.
-        let full = steps
-            .iter()
-            .rev()
-            .take_while(|&&(n, _)| unsafe { (*n).len() } == INNER_CAP)
-            .count();
-        let new_root = full == steps.len();
-        if new_root && path.depth + 1 >= MAX_DEPTH {
+        let need = path.split_cost();
+        if need == path.depth + 2 && path.depth + 1 >= MAX_DEPTH {
             return Err(IndexError::OutOfRange);
         }
-        let need = 1 + full + usize::from(new_root);
         let have = self.spares();
         if have < need {
             return Err(IndexError::NeedNodes(need - have));

@@ -194,7 +194,7 @@ impl<H: Deref<Target = [L::Head]>, L: BucketLock> ExceptionTable<H, L> {
         &self.heads[((chunk >> self.hash_shift) & self.mask) as usize]
     }
 
-    fn locked(&self, chunk: Chunk) -> Locked<'_, L> {
+    pub(super) fn locked(&self, chunk: Chunk) -> Locked<'_, L> {
         Locked {
             head: self.head(chunk),
             class: &self.class,
@@ -247,8 +247,8 @@ impl<H: Deref<Target = [L::Head]>, L: BucketLock> ExceptionTable<H, L> {
 /// a locked bucket. Only [`Bucket`] and [`BucketPair`] make one, and they
 /// unlock it when dropped.
 pub struct Locked<'a, L: BucketLock> {
-    head: &'a L::Head,
-    class: &'a L::Class,
+    pub(super) head: &'a L::Head,
+    pub(super) class: &'a L::Class,
     merge: bool,
 }
 

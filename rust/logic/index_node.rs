@@ -48,6 +48,13 @@ pub struct Node {
     pub(super) slots: [u64; SLOTS],
 }
 
+// SAFETY: a node's pointers (children, spares) are only followed under
+// the lock of the shard whose tree holds it, or by its owner while it is in
+// no index; a node moves between CPUs with its shard.
+unsafe impl Send for Node {}
+// SAFETY: as for `Send`: shared access goes through the shard lock.
+unsafe impl Sync for Node {}
+
 // The layout the constants promise.
 const _: () = assert!(core::mem::size_of::<Node>() == NODE_BYTES);
 const _: () = assert!(2 * INNER_CAP < SLOTS);

@@ -18,7 +18,8 @@ use super::registry::do_origin;
 use crate::dm::kcopyd::{CopyJob, Region, ZeroJob};
 use crate::dm::{BioList, OwnedBio};
 use crate::logic::chunk::{Chunk, ChunkGeometry};
-use crate::sync::tables::{ChunkBuckets, NewException, PendingBox, PendingData, Ticket};
+use crate::sync::complete::{InsertError, NewException};
+use crate::sync::tables::{ChunkBuckets, PendingBox, PendingData, Ticket};
 use crate::sync::KVecExt;
 use kernel::prelude::*;
 use kernel::sync::Arc;
@@ -338,52 +339,77 @@ impl Snap {
             self.invalidate(false);
             None
         } else {
-            let e = NewException::new(&self.reg.exceptions, old, new);
+            // May sleep (a slab entry, or index nodes): no bucket lock yet.
+            let e = self.state.read().exc.complete.new_exception(old, new);
             if e.is_none() {
                 self.invalidate(true);
                 error = true;
             }
             e
         };
-        // The bucket guards borrow the tables the state lock protects, so
-        // the lock is held (for read) while they are; when tracked reads
-        // must drain, both are dropped before sleeping, as upstream drops
-        // `s->lock` before `__check_for_conflicting_io`, and retaken to
-        // remove the pending exception. No handover can swap the tables
-        // meanwhile: it waits for every pending exception.
+        let (pe, unrepresentable) = self.move_to_complete(t, e, &mut error);
+        if unrepresentable {
+            pr_err!("snapshots: chunk {} beyond the exception index\n", old);
+            self.invalidate(false);
+        }
+        if let Some(pe) = pe {
+            self.release_bios(pe, error);
+        }
+    }
+
+    /// Inserts `e`, the exception of `t`, in the complete table and takes
+    /// `t` out of the pending one; returns it, and true if the complete
+    /// table could not hold the chunks.
+    ///
+    /// The bucket guards borrow the tables the state lock protects, so the
+    /// lock is held (for read) while they are. When the index needs nodes,
+    /// both are dropped to allocate them and the insert is retried (nothing
+    /// changed meanwhile: the pending entry still holds the chunk). When
+    /// tracked reads must drain, both are dropped before sleeping, as
+    /// upstream drops `s->lock` before `__check_for_conflicting_io`, and
+    /// retaken to remove the pending exception. No handover can swap the
+    /// tables meanwhile: it waits for every pending exception.
+    fn move_to_complete(
+        &self,
+        t: PendingTicket,
+        mut e: Option<NewException>,
+        error: &mut bool,
+    ) -> (Option<PendingBox<Pending>>, bool) {
+        let old = t.old_chunk();
         let mut ticket = Some(t);
-        let mut leftover = None;
-        let mut pe = None;
-        let must_wait = {
+        let mut unrepresentable = false;
+        loop {
             let state = self.state.read();
             let mut locks = self.lock_chunk(&state, old);
             let mut wait = false;
-            if let Some(e) = e {
-                if !state.valid {
-                    leftover = Some(e);
-                    error = true;
-                } else {
-                    // Snapshot reads of this chunk go to the COW from now
-                    // on; the pending entry keeps origin writes out
-                    // meanwhile.
-                    leftover = locks.complete_insert(e);
-                    wait = self.tracking.busy(old);
-                }
+            match e.take() {
+                Some(_) if !state.valid => *error = true,
+                // Snapshot reads of this chunk go to the COW from now on;
+                // the pending entry keeps origin writes out meanwhile.
+                Some(x) => match locks.complete_insert(x) {
+                    Ok(()) => wait = self.tracking.busy(old),
+                    Err(InsertError::NeedNodes(back)) => {
+                        drop(locks);
+                        state.exc.complete.refill(old, 1);
+                        e = Some(back);
+                        continue;
+                    }
+                    Err(InsertError::Unrepresentable) => {
+                        *error = true;
+                        unrepresentable = true;
+                    }
+                },
+                None => {}
             }
-            if !wait {
-                pe = Self::take_pending(&mut locks, ticket.take());
+            if wait {
+                drop(locks);
+                drop(state);
+                self.wait_for_tracked(old);
+                let state = self.state.read();
+                let mut locks = self.lock_chunk(&state, old);
+                return (Self::take_pending(&mut locks, ticket.take()), unrepresentable);
             }
-            wait
-        };
-        if must_wait {
-            self.wait_for_tracked(old);
-            let state = self.state.read();
-            let mut locks = self.lock_chunk(&state, old);
-            pe = Self::take_pending(&mut locks, ticket.take());
-        }
-        drop(leftover);
-        if let Some(pe) = pe {
-            self.release_bios(pe, error);
+            return (Self::take_pending(&mut locks, ticket.take()), unrepresentable);
         }
     }
 

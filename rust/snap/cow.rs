@@ -23,11 +23,13 @@ use super::store::Store;
 use super::throttle::Tracking;
 use crate::dm::kcopyd::Kcopyd;
 use crate::dm::{BioList, TableDev, TargetRef};
+use crate::logic::exception_index::CowLayout;
 use crate::logic::chunk::{
     complete_hash_shift, table_sizes, Chunk, ChunkGeometry, MAX_TABLE_BYTES,
 };
 use crate::new_rwsem;
-use crate::sync::tables::{ChunkBuckets, CompleteBucket, CompleteTable, Order, PendingTable};
+use crate::sync::complete::{CompleteBucket, CompleteTable};
+use crate::sync::tables::{ChunkBuckets, Order, PendingTable};
 use crate::sync::RwSem;
 use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use kernel::new_spinlock;
@@ -167,9 +169,20 @@ impl Snap {
         // The origin's chunks, a partial last one included.
         let origin_chunks =
             geometry.chunk_of(a.origin.nr_sectors() + u64::from(geometry.sectors()) - 1);
-        let shift = complete_hash_shift(origin_chunks, nc as u64);
-        let complete = CompleteTable::new(nc, shift, &a.reg.exceptions)
-            .map_err(|_| SnapInitError::HashTables)?;
+        let complete = if crate::dm::exception_index()
+            && CompleteTable::index_fits(origin_chunks, a.cow.nr_sectors() >> geometry.shift())
+        {
+            let layout = match &a.store {
+                Store::Persistent { .. } => CowLayout::persistent(geometry.sectors()),
+                Store::Transient(_) => CowLayout::transient(),
+            };
+            let shards = CompleteTable::index_shards(origin_chunks);
+            CompleteTable::new_index(shards, layout, &a.reg.exceptions)
+        } else {
+            let shift = complete_hash_shift(origin_chunks, nc as u64);
+            CompleteTable::new_hash(nc, shift, &a.reg.exceptions)
+        }
+        .map_err(|_| SnapInitError::HashTables)?;
         let tracking = Tracking::new().map_err(|_| SnapInitError::HashTables)?;
         let kcopyd = Kcopyd::new().map_err(SnapInitError::Kcopyd)?;
         let pending = PendingTable::new(np, MIN_IOS).map_err(|_| SnapInitError::Mempool)?;
@@ -349,10 +362,7 @@ impl Snap {
         let table = &st.exc.complete;
         pio.read_exceptions(&self.cow, st.geometry(), &mut alloc, |old, new| {
             let e = table.new_exception(old, new).ok_or(ENOMEM)?;
-            let merged = table.lock(old).insert(e);
-            // A merged one is freed here, with the bucket unlocked.
-            drop(merged);
-            Ok(())
+            table.insert(e)
         })?;
         if let Store::Persistent { alloc: a, .. } = &mut st.alloc().store {
             *a = alloc;

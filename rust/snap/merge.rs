@@ -171,7 +171,7 @@ impl Snap {
     fn remove_merged(&self, first: Chunk, n: usize) -> bool {
         let mut st = self.state.write();
         for chunk in (first..first + n as u64).rev() {
-            let r = st.exc.complete.lock(chunk).remove_chunk(chunk);
+            let r = st.exc.complete.remove_chunk(chunk);
             match r {
                 // A freed entry is dropped here, its bucket unlocked.
                 Ok(freed) => drop(freed),

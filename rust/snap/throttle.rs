@@ -6,7 +6,7 @@
 
 use super::cow::Snap;
 use crate::logic::chunk::Chunk;
-use crate::sync::tables::CompleteBucket;
+use crate::sync::complete::CompleteBucket;
 use core::sync::atomic::{AtomicU32, Ordering};
 use kernel::prelude::*;
 

@@ -2,13 +2,14 @@
 //! safe types: the read-write semaphore ([`rwsem`]) that guards mostly-read
 //! snapshot state, the `hlist_bl` bit lock ([`bitlock`]) of each
 //! exception-table bucket, the exception tables that own their entries
-//! ([`tables`]), a module-wide value ([`global`]) and `KVec` helpers
+//! ([`complete`], [`tables`]), a module-wide value ([`global`]) and `KVec` helpers
 //! ([`kvec`]).
 //!
 //! As with `kernel::sync::Mutex`, protected values are reachable only
 //! through a guard, so "touched it without the lock" does not compile.
 
 pub mod bitlock;
+pub mod complete;
 pub mod global;
 pub mod kvec;
 pub mod rwsem;

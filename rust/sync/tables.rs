@@ -1,15 +1,13 @@
-//! A snapshot's two exception tables as owners of their entries, so the
+//! A snapshot's pending exceptions, and the pair of locks over both of
+//! its exception tables, as owners of their entries, so the
 //! snapshot code above handles no raw pointer: what a guard returns lives
 //! as long as the guard, and a pending exception in flight is a [`Ticket`].
 //!
-//! The tables are [`crate::logic::exception_table`]'s bucket-locked hash
-//! tables ([`BucketLocks`]: `hlist_bl` bit locks, or spinlocks on
-//! `PREEMPT_RT`). This file owns the memory behind them:
+//! The pending table is [`crate::logic::exception_table`]'s bucket-locked
+//! hash table ([`BucketLocks`]: `hlist_bl` bit locks, or spinlocks on
+//! `PREEMPT_RT`); the complete one, in [`super::complete`], is locked the
+//! same way. This file owns the memory behind the pending table:
 //!
-//! - [`CompleteTable`]: completed exceptions, from the module's slab
-//!   (upstream's `exception_cache`); a [`NewException`] is allocated with no
-//!   lock held and handed to a locked bucket; what a merge leaves over comes
-//!   back to be freed after unlocking; the table frees the rest on drop.
 //! - [`PendingTable`]: pending exceptions (a `P` of the caller's, plus the
 //!   table link, a completion-order link and a whole-chunk-write slot),
 //!   from a mempool (`pending_pool`). A [`PendingBox`] is one not in the
@@ -24,31 +22,34 @@
 //! table's drop then waits for it forever, which shows as a hung `dmsetup
 //! remove`, not a use-after-free.
 
+use super::complete::{InsertError, NewException, Pair};
 use super::BucketLocks;
 use crate::dm::kcopyd::{CopyJob, FullBioSlot, HasFullSlot, JobPtr};
-use crate::dm::mempool::{Mempool, Slab};
+use crate::dm::mempool::Mempool;
 use crate::logic::chunk::Chunk;
 use crate::logic::completion_order::{CompletionOrder, OrderLink, Ordered, Ready};
-use crate::logic::exception_table::{
-    Bucket, BucketLock, BucketPair, Exception, ExceptionTable, RemoveChunkError,
-};
+use crate::logic::exception_table::{BucketLock, Exception, ExceptionTable};
 use core::cell::UnsafeCell;
 use core::ptr::{self, NonNull};
 use core::sync::atomic::{AtomicUsize, Ordering};
 use kernel::ffi::c_void;
 use kernel::prelude::*;
 
-type Raw = ExceptionTable<KVec<<BucketLocks as BucketLock>::Head>, BucketLocks>;
+pub(super) type Raw = ExceptionTable<KVec<<BucketLocks as BucketLock>::Head>, BucketLocks>;
 
 /// The two kinds of table, each one lock class for lockdep: a chunk's
-/// complete bucket is always taken before its pending one.
+/// complete bucket (or index shard) is always taken before its pending one.
 #[derive(Clone, Copy)]
-enum Kind {
+pub(super) enum Kind {
     Complete,
     Pending,
 }
 
-fn new_raw(buckets: usize, hash_shift: u32, kind: Kind) -> Result<Raw> {
+/// The lock class of a kind of table, and its bucket heads.
+pub(super) fn class_of(
+    kind: Kind,
+    buckets: usize,
+) -> Result<(<BucketLocks as BucketLock>::Class, KVec<<BucketLocks as BucketLock>::Head>)> {
     let (name, key) = match kind {
         Kind::Complete => (
             kernel::c_str!("dm_snap_rs:complete_bucket"),
@@ -59,8 +60,15 @@ fn new_raw(buckets: usize, hash_shift: u32, kind: Kind) -> Result<Raw> {
             kernel::static_lock_class!(),
         ),
     };
-    let class = BucketLocks::new_class(name, key)?;
-    Raw::with_class(BucketLocks::new_heads(buckets, key)?, hash_shift, class).ok_or(EINVAL)
+    Ok((
+        BucketLocks::new_class(name, key)?,
+        BucketLocks::new_heads(buckets, key)?,
+    ))
+}
+
+pub(super) fn new_raw(buckets: usize, hash_shift: u32, kind: Kind) -> Result<Raw> {
+    let (class, heads) = class_of(kind, buckets)?;
+    Raw::with_class(heads, hash_shift, class).ok_or(EINVAL)
 }
 
 /// Test only (`bucket_lockdep_selftest`, lockdep kernels): takes a complete
@@ -77,159 +85,6 @@ pub fn lockdep_inversion_selftest() -> Result {
     drop(c);
     drop(p);
     Ok(())
-}
-
-/// Completed exceptions, owned by the table.
-pub struct CompleteTable {
-    raw: Raw,
-    slab: &'static Slab<Exception>,
-}
-
-/// A completed exception not in a table yet (or left over by a merge);
-/// freed to its slab on drop.
-pub struct NewException {
-    e: NonNull<Exception>,
-    slab: &'static Slab<Exception>,
-}
-
-// SAFETY: the exception is owned; slab objects may be freed anywhere.
-unsafe impl Send for NewException {}
-
-impl NewException {
-    /// A completed exception `old` -> `new` from `slab` (`GFP_NOIO`, then
-    /// `GFP_ATOMIC`, as upstream). May sleep: call with no bucket lock held.
-    pub fn new(slab: &'static Slab<Exception>, old: Chunk, new: Chunk) -> Option<Self> {
-        let e = slab.alloc(Exception::new(old, new))?;
-        Some(Self { e, slab })
-    }
-}
-
-impl Drop for NewException {
-    fn drop(&mut self) {
-        // SAFETY: `e` came from `slab` and is in no table (type invariant).
-        unsafe { self.slab.free(self.e) };
-    }
-}
-
-impl CompleteTable {
-    /// `buckets` (a power of two) buckets; runs within `1 << hash_shift`
-    /// chunks (0: no runs). Entries come from `slab`.
-    pub fn new(buckets: usize, hash_shift: u32, slab: &'static Slab<Exception>) -> Result<Self> {
-        Ok(Self {
-            raw: new_raw(buckets, hash_shift, Kind::Complete)?,
-            slab,
-        })
-    }
-
-    /// A completed exception `old` -> `new`, for [`CompleteBucket::insert`]
-    /// (`GFP_NOIO`, then `GFP_ATOMIC`, as upstream). May sleep: call with no
-    /// bucket lock held.
-    pub fn new_exception(&self, old: Chunk, new: Chunk) -> Option<NewException> {
-        NewException::new(self.slab, old, new)
-    }
-
-    /// Locks the bucket of `chunk`. Keep the guard short: it spins other
-    /// CPUs, with preemption off.
-    pub fn lock(&self, chunk: Chunk) -> CompleteBucket<'_> {
-        CompleteBucket {
-            b: self.raw.lock(chunk),
-            slab: self.slab,
-        }
-    }
-
-    /// Locks the bucket of `chunk` here, then in `pending` (upstream's
-    /// `dm_exception_table_lock`: complete, then pending).
-    pub fn lock_pair<'a, P: PendingData>(
-        &'a self,
-        pending: &'a PendingTable<P>,
-        chunk: Chunk,
-    ) -> ChunkBuckets<'a, P> {
-        ChunkBuckets::new(
-            self.raw.lock_pair(&pending.inner.raw, chunk),
-            self.slab,
-            pending,
-        )
-    }
-}
-
-impl Drop for CompleteTable {
-    fn drop(&mut self) {
-        let slab = self.slab;
-        self.raw.drain(|e| {
-            // SAFETY: every entry was a `NewException` of this slab, which
-            // the table owned since `insert`; unlinked now, it is ours.
-            unsafe { slab.free(e) }
-        });
-    }
-}
-
-/// A locked bucket of a [`CompleteTable`]; unlocked on drop.
-pub struct CompleteBucket<'a> {
-    b: Bucket<'a, BucketLocks>,
-    slab: &'static Slab<Exception>,
-}
-
-fn remap(
-    b: &crate::logic::exception_table::Locked<'_, BucketLocks>,
-    chunk: Chunk,
-) -> Option<Chunk> {
-    // SAFETY: an entry linked in a bucket whose lock we hold is valid until
-    // unlinked, which needs that lock; the reference ends here.
-    b.lookup(chunk).map(|e| unsafe { e.as_ref() }.remap(chunk))
-}
-
-fn insert_complete(
-    b: &mut crate::logic::exception_table::Locked<'_, BucketLocks>,
-    slab: &'static Slab<Exception>,
-    e: NewException,
-) -> Option<NewException> {
-    if !ptr::eq(e.slab, slab) {
-        return Some(e);
-    }
-    let p = core::mem::ManuallyDrop::new(e).e;
-    // SAFETY: `p` is a valid exception in no table; the table owns it from
-    // now on (freed in `CompleteTable::drop`), or hands it back merged.
-    unsafe { b.insert(p) }.map(|e| NewException { e, slab })
-}
-
-impl<'a> CompleteBucket<'a> {
-    /// The COW chunk of `chunk` if it is copied.
-    pub fn lookup(&self, chunk: Chunk) -> Option<Chunk> {
-        remap(&self.b, chunk)
-    }
-
-    /// Inserts `e` (`dm_insert_exception`); returns it back when it
-    /// extended a run instead (or came from another slab): free it after
-    /// unlocking.
-    pub fn insert(&mut self, e: NewException) -> Option<NewException> {
-        insert_complete(&mut self.b, self.slab, e)
-    }
-
-    /// Takes `chunk` out of the entry covering it, as a merge does (see
-    /// [`crate::logic::exception_table::Locked::remove_chunk`]); an entry
-    /// left empty comes back, to be freed after unlocking.
-    pub fn remove_chunk(&mut self, chunk: Chunk) -> Result<Option<NewException>, RemoveChunkError> {
-        // Every entry of this table came in through `insert` from this
-        // slab: an unlinked one is a `NewException` again.
-        let slab = self.slab;
-        self.b
-            .remove_chunk(chunk)
-            .map(|e| e.map(|e| NewException { e, slab }))
-    }
-
-    /// Also locks the bucket of `chunk` in `pending`, keeping this one (the
-    /// pair [`CompleteTable::lock_pair`] takes, in the same order).
-    pub fn with_pending<P: PendingData>(
-        self,
-        pending: &'a PendingTable<P>,
-        chunk: Chunk,
-    ) -> ChunkBuckets<'a, P> {
-        ChunkBuckets::new(
-            self.b.and_lock(&pending.inner.raw, chunk),
-            self.slab,
-            pending,
-        )
-    }
 }
 
 /// What a pending exception carries: `Self`, under the bucket lock (or
@@ -324,6 +179,11 @@ impl<P: PendingData> PendingTable<P> {
             self.inner.count.fetch_sub(1, Ordering::AcqRel);
         }
         e.map(PendingBox)
+    }
+
+    /// The hash table, for [`super::complete`] to lock a pair.
+    pub(super) fn raw(&self) -> &Raw {
+        &self.inner.raw
     }
 
     /// Pending exceptions that exist (in the table or not).
@@ -485,37 +345,29 @@ where
 /// A chunk's complete and pending buckets, locked in that order and
 /// unlocked together on drop.
 pub struct ChunkBuckets<'a, P: PendingData> {
-    pair: BucketPair<'a, BucketLocks>,
-    slab: &'static Slab<Exception>,
+    pair: Pair<'a>,
     pending: &'a PendingTable<P>,
 }
 
 impl<'a, P: PendingData> ChunkBuckets<'a, P> {
-    fn new(
-        pair: BucketPair<'a, BucketLocks>,
-        slab: &'static Slab<Exception>,
-        pending: &'a PendingTable<P>,
-    ) -> Self {
-        Self {
-            pair,
-            slab,
-            pending,
-        }
+    pub(super) fn new(pair: Pair<'a>, pending: &'a PendingTable<P>) -> Self {
+        Self { pair, pending }
     }
 
     /// The COW chunk of `chunk` if it is copied.
     pub fn complete_lookup(&self, chunk: Chunk) -> Option<Chunk> {
-        remap(&self.pair.first, chunk)
+        self.pair.lookup(chunk)
     }
 
-    /// As [`CompleteBucket::insert`].
-    pub fn complete_insert(&mut self, e: NewException) -> Option<NewException> {
-        insert_complete(&mut self.pair.first, self.slab, e)
+    /// Records the completed exception `e` (`dm_insert_exception`); see
+    /// [`InsertError`] for when it cannot.
+    pub fn complete_insert(&mut self, e: NewException) -> Result<(), InsertError> {
+        self.pair.insert(e)
     }
 
     /// The COW chunk and data of the pending exception of `chunk`, if any.
     pub fn pending_find(&mut self, chunk: Chunk) -> Option<(Chunk, &mut P)> {
-        let e = self.pair.second.lookup(chunk)?.cast::<Entry<P>>();
+        let e = self.pair.pending().lookup(chunk)?.cast::<Entry<P>>();
         // SAFETY: every entry of a pending table is an `Entry<P>` of it
         // (`pending_insert` checks), valid while linked in this locked
         // bucket; its data is under this lock, which `&mut self` holds
@@ -528,7 +380,7 @@ impl<'a, P: PendingData> ChunkBuckets<'a, P> {
 
     fn owns(&self, home: NonNull<Inner<P>>, chunk: Chunk) -> bool {
         ptr::eq(home.as_ptr(), &*self.pending.inner)
-            && self.pending.inner.raw.holds(&self.pair.second, chunk)
+            && self.pending.inner.raw.holds(self.pair.pending(), chunk)
     }
 
     /// The data of the entry of `t`, if this is its bucket.
@@ -553,7 +405,7 @@ impl<'a, P: PendingData> ChunkBuckets<'a, P> {
         // SAFETY: the entry is valid and in no table; it stays valid until
         // removed, which needs the ticket we return. No merging in a
         // pending table: nothing comes back.
-        let _ = unsafe { self.pair.second.insert(e.cast()) };
+        let _ = unsafe { self.pair.pending_mut().insert(e.cast()) };
         Ok(Ticket(e))
     }
 
@@ -564,7 +416,7 @@ impl<'a, P: PendingData> ChunkBuckets<'a, P> {
         if !self.owns(t.home(), t.old_chunk()) || t.in_order() != 0 {
             return Err(t);
         }
-        if !self.pair.second.remove(t.0.cast()) {
+        if !self.pair.pending_mut().remove(t.0.cast()) {
             return Err(t);
         }
         let e = core::mem::ManuallyDrop::new(t).0;

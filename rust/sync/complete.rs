@@ -1,0 +1,409 @@
+//! A snapshot's completed exceptions, owned by their table.
+//!
+//! Two shapes behind one interface ([`CompleteTable`]):
+//!
+//! - the compact index ([`crate::logic::exception_index`]): a B+tree of
+//!   4 KiB nodes per shard, an isolated exception in 8 bytes and a run of
+//!   any length in 16, found in O(log n). Its nodes come from a mempool
+//!   per snapshot, allocated with no lock held (`GFP_NOIO`: waits, never
+//!   fails) and handed to the shard under its lock: a change that finds
+//!   too few spare nodes changes nothing, and the caller drops its locks,
+//!   [`refill`](CompleteTable::refill)s and retries. So no completion ever
+//!   invalidates a snapshot for want of memory, as upstream's can;
+//! - upstream's hash table of slab entries (`exception_cache`), kept for
+//!   what the index cannot number (origins over 2^31 chunks, COWs over
+//!   2^30 data chunks) and for comparison (`snapshot_exception_index=0`).
+//!
+//! A [`NewException`] is what a completion hands to a locked bucket: a
+//! slab entry for the hash table, a plain pair for the index.
+
+use super::tables::{class_of, new_raw, Kind, PendingData, PendingTable, Raw};
+use super::tables::ChunkBuckets;
+use super::BucketLocks;
+use crate::dm::mempool::{Mempool, Slab};
+use crate::logic::chunk::Chunk;
+use crate::logic::exception_index::{CowLayout, ExceptionIndex, IndexError, Shard, ShardPair};
+use crate::logic::exception_table::{
+    Bucket, BucketLock, BucketPair, Exception, Locked, RemoveChunkError,
+};
+use crate::logic::index_node::{Node, NODE_BYTES};
+use core::ptr::{self, NonNull};
+use core::sync::atomic::{AtomicUsize, Ordering};
+use kernel::prelude::*;
+
+type Index = ExceptionIndex<KVec<<BucketLocks as BucketLock>::Head>, BucketLocks>;
+
+/// Nodes each snapshot's pool keeps in reserve: one split of the deepest
+/// tree the index builds, plus a new root.
+const NODE_RESERVE: i32 = 10;
+
+enum Shape {
+    Index {
+        ix: Index,
+        nodes: Mempool<Node>,
+        /// Nodes allocated (in trees and spare lists).
+        live: AtomicUsize,
+    },
+    Hash(Raw),
+}
+
+/// Completed exceptions, owned by the table.
+pub struct CompleteTable {
+    shape: Shape,
+    slab: &'static Slab<Exception>,
+}
+
+/// A completed exception not in a table yet (or left over by a merge).
+pub struct NewException(New);
+
+enum New {
+    /// A hash-table entry of `slab`, freed to it on drop.
+    Slab {
+        e: NonNull<Exception>,
+        slab: &'static Slab<Exception>,
+    },
+    /// For the index, which stores the chunks themselves.
+    Plain { old: Chunk, new: Chunk },
+}
+
+// SAFETY: the entry is owned; slab objects may be freed anywhere.
+unsafe impl Send for NewException {}
+
+impl NewException {
+    fn chunks(&self) -> (Chunk, Chunk) {
+        match &self.0 {
+            // SAFETY: the entry is ours and valid (type invariant).
+            New::Slab { e, .. } => unsafe {
+                let r = e.as_ref();
+                (r.old_chunk, r.new_chunk)
+            },
+            New::Plain { old, new } => (*old, *new),
+        }
+    }
+}
+
+impl Drop for NewException {
+    fn drop(&mut self) {
+        if let New::Slab { e, slab } = self.0 {
+            // SAFETY: `e` came from `slab` and is in no table (type
+            // invariant).
+            unsafe { slab.free(e) };
+        }
+    }
+}
+
+/// Why [`ChunkBuckets::complete_insert`] did not insert.
+pub enum InsertError {
+    /// The shard needs nodes: drop every lock, call
+    /// [`CompleteTable::refill`] for the chunk, and retry with this.
+    NeedNodes(NewException),
+    /// The chunks are beyond what the table can hold (an origin grown past
+    /// the index's range since activation): fail the copy.
+    Unrepresentable,
+}
+
+impl CompleteTable {
+    /// Upstream's hash table: `buckets` (a power of two) buckets, runs
+    /// within `1 << hash_shift` chunks (0: no runs); entries from `slab`.
+    pub fn new_hash(buckets: usize, hash_shift: u32, slab: &'static Slab<Exception>) -> Result<Self> {
+        Ok(Self {
+            shape: Shape::Hash(new_raw(buckets, hash_shift, Kind::Complete)?),
+            slab,
+        })
+    }
+
+    /// The compact index over `shards` (a power of two) shards, for a COW
+    /// laid out as `layout`.
+    pub fn new_index(shards: usize, layout: CowLayout, slab: &'static Slab<Exception>) -> Result<Self> {
+        let (class, heads) = class_of(Kind::Complete, shards)?;
+        let ix = Index::with_class(heads, layout, class).ok_or(EINVAL)?;
+        Ok(Self {
+            shape: Shape::Index {
+                ix,
+                nodes: Mempool::new(NODE_RESERVE)?,
+                live: AtomicUsize::new(0),
+            },
+            slab,
+        })
+    }
+
+    /// True if an origin of `origin_chunks` and a COW of `cow_chunks` can
+    /// use the index; half the origin range is kept for an origin that
+    /// grows.
+    pub fn index_fits(origin_chunks: u64, cow_chunks: u64) -> bool {
+        Index::fits(origin_chunks.saturating_mul(2), cow_chunks)
+    }
+
+    /// Shards of the index for an origin of `origin_chunks`.
+    pub fn index_shards(origin_chunks: u64) -> usize {
+        // Few enough that a sequentially filled COW costs well under
+        // 0.01 B/chunk (each shard holds at least a node), plenty for the
+        // lock to be uncontended.
+        Index::shards_for(origin_chunks, 32)
+    }
+
+    /// Bytes of index nodes (0 for the hash table).
+    pub fn index_bytes(&self) -> usize {
+        match &self.shape {
+            Shape::Index { live, .. } => live.load(Ordering::Relaxed) * NODE_BYTES,
+            Shape::Hash(_) => 0,
+        }
+    }
+
+    /// A completed exception `old` -> `new`, for a locked bucket. May sleep:
+    /// call with no bucket lock held. For the hash table a slab entry
+    /// (`GFP_NOIO`, then `GFP_ATOMIC`, as upstream: `None` if both fail);
+    /// for the index never `None`, and the shard of `old` gets the nodes
+    /// the insert will need.
+    pub fn new_exception(&self, old: Chunk, new: Chunk) -> Option<NewException> {
+        match &self.shape {
+            Shape::Hash(_) => {
+                let e = self.slab.alloc(Exception::new(old, new))?;
+                Some(NewException(New::Slab { e, slab: self.slab }))
+            }
+            Shape::Index { .. } => {
+                self.refill(old, 1);
+                Some(NewException(New::Plain { old, new }))
+            }
+        }
+    }
+
+    /// Gives the shard of `chunk` the nodes a change needing `room` more
+    /// slots there may split off (a no-op for the hash table). May sleep:
+    /// call with no bucket lock held.
+    pub fn refill(&self, chunk: Chunk, room: usize) {
+        let Shape::Index { ix, nodes, live } = &self.shape else {
+            return;
+        };
+        let want = ix.lock(chunk).needs(chunk, room);
+        let mut got = [None; NODE_RESERVE as usize];
+        for slot in got.iter_mut().take(want) {
+            // SAFETY: an all-zero `Node` is a valid empty leaf.
+            *slot = Some(unsafe { nodes.alloc_zeroed() });
+            live.fetch_add(1, Ordering::Relaxed);
+        }
+        let mut s = ix.lock(chunk);
+        for n in got.into_iter().flatten() {
+            // SAFETY: a fresh node, in no index; the index owns it until
+            // `drop` drains it back to the pool.
+            unsafe { s.give(n) };
+        }
+    }
+
+    /// Inserts `e`, with no lock held (loading the metadata): locks the
+    /// bucket, refilling the shard as often as it asks. May sleep.
+    pub fn insert(&self, mut e: NewException) -> Result {
+        loop {
+            let (old, _) = e.chunks();
+            let r = self.lock_bucket(old).insert(e);
+            match r {
+                Ok(()) => return Ok(()),
+                Err(InsertError::NeedNodes(back)) => {
+                    self.refill(old, 1);
+                    e = back;
+                }
+                Err(InsertError::Unrepresentable) => return Err(EINVAL),
+            }
+        }
+    }
+
+    /// Takes `chunk` out of the exception covering it, as a merge does
+    /// (upstream's `__remove_single_exception_chunk`); a hash-table entry
+    /// left empty comes back, to be freed by the caller (no lock is held
+    /// when this returns). May sleep.
+    pub fn remove_chunk(&self, chunk: Chunk) -> Result<Option<NewException>, RemoveChunkError> {
+        match &self.shape {
+            Shape::Hash(raw) => {
+                let slab = self.slab;
+                raw.lock(chunk)
+                    .remove_chunk(chunk)
+                    .map(|e| e.map(|e| NewException(New::Slab { e, slab })))
+            }
+            Shape::Index { ix, .. } => loop {
+                let r = ix.lock(chunk).remove(chunk);
+                match r {
+                    Ok(()) => return Ok(None),
+                    Err(IndexError::NeedNodes(_)) => self.refill(chunk, 2),
+                    Err(_) => return Err(RemoveChunkError::NotFound),
+                }
+            },
+        }
+    }
+
+    fn lock_bucket(&self, chunk: Chunk) -> Guard<'_> {
+        match &self.shape {
+            Shape::Hash(raw) => Guard::Hash(raw.lock(chunk), self.slab),
+            Shape::Index { ix, .. } => Guard::Index(ix.lock(chunk)),
+        }
+    }
+
+    /// Locks the bucket of `chunk`. Keep the guard short: it spins other
+    /// CPUs, with preemption off.
+    pub fn lock(&self, chunk: Chunk) -> CompleteBucket<'_> {
+        CompleteBucket(self.lock_bucket(chunk))
+    }
+
+    /// Locks the bucket of `chunk` here, then in `pending` (upstream's
+    /// `dm_exception_table_lock`: complete, then pending).
+    pub fn lock_pair<'a, P: PendingData>(
+        &'a self,
+        pending: &'a PendingTable<P>,
+        chunk: Chunk,
+    ) -> ChunkBuckets<'a, P> {
+        let pair = match &self.shape {
+            Shape::Hash(raw) => Pair::Hash(raw.lock_pair(pending.raw(), chunk), self.slab),
+            Shape::Index { ix, .. } => Pair::Index(ix.lock_pair(pending.raw(), chunk)),
+        };
+        ChunkBuckets::new(pair, pending)
+    }
+}
+
+impl Drop for CompleteTable {
+    fn drop(&mut self) {
+        let slab = self.slab;
+        match &mut self.shape {
+            Shape::Hash(raw) => raw.drain(|e| {
+                // SAFETY: every entry was a `NewException` of this slab,
+                // which the table owned since `insert`; unlinked now, it is
+                // ours.
+                unsafe { slab.free(e) }
+            }),
+            Shape::Index { ix, nodes, live } => ix.drain(|n| {
+                live.fetch_sub(1, Ordering::Relaxed);
+                // SAFETY: every node came from this pool (`refill`); the
+                // index handed it back and holds it no more.
+                unsafe { nodes.free(n) }
+            }),
+        }
+    }
+}
+
+/// A locked bucket of either shape.
+enum Guard<'a> {
+    Hash(Bucket<'a, BucketLocks>, &'static Slab<Exception>),
+    Index(Shard<'a, BucketLocks>),
+}
+
+/// Looks `chunk` up in a locked hash bucket.
+fn hash_lookup(b: &Locked<'_, BucketLocks>, chunk: Chunk) -> Option<Chunk> {
+    // SAFETY: an entry linked in a bucket whose lock we hold is valid until
+    // unlinked, which needs that lock; the reference ends here.
+    b.lookup(chunk).map(|e| unsafe { e.as_ref() }.remap(chunk))
+}
+
+/// Inserts `e` in a locked hash bucket of `slab`'s entries
+/// (`dm_insert_exception`); one that extended a run instead comes back.
+fn hash_insert(
+    b: &mut Locked<'_, BucketLocks>,
+    slab: &'static Slab<Exception>,
+    e: NewException,
+) -> Result<Option<NewException>, InsertError> {
+    let (p, s) = match &e.0 {
+        New::Slab { e, slab } => (*e, *slab),
+        New::Plain { .. } => return Err(InsertError::Unrepresentable),
+    };
+    // The entry moves on as `p`: no free on drop.
+    core::mem::forget(e);
+    if !ptr::eq(s, slab) {
+        return Ok(Some(NewException(New::Slab { e: p, slab: s })));
+    }
+    // SAFETY: `p` is a valid exception in no table; the table owns it from
+    // now on (freed in `CompleteTable::drop`), or hands it back merged.
+    Ok(unsafe { b.insert(p) }.map(|e| NewException(New::Slab { e, slab })))
+}
+
+/// Inserts `e` in a locked shard.
+fn index_insert(
+    s: &mut crate::logic::exception_index::ShardRef<'_, BucketLocks>,
+    e: NewException,
+) -> Result<(), InsertError> {
+    let (old, new) = e.chunks();
+    match s.insert(old, new) {
+        // `Present` cannot happen (a chunk is completed once, under its
+        // pending entry); keeping the first mapping is what upstream's
+        // lookup, which finds the first, would do.
+        Ok(()) | Err(IndexError::Present) => Ok(()),
+        Err(IndexError::NeedNodes(_)) => Err(InsertError::NeedNodes(e)),
+        Err(_) => Err(InsertError::Unrepresentable),
+    }
+}
+
+impl Guard<'_> {
+    fn lookup(&self, chunk: Chunk) -> Option<Chunk> {
+        match self {
+            Guard::Hash(b, _) => hash_lookup(b, chunk),
+            Guard::Index(s) => s.lookup(chunk),
+        }
+    }
+
+    /// Inserts `e`; a hash entry that extended a run is freed here, under
+    /// the lock, as upstream's `dm_insert_exception` does (a slab free does
+    /// not sleep).
+    fn insert(&mut self, e: NewException) -> Result<(), InsertError> {
+        match self {
+            Guard::Hash(b, slab) => hash_insert(b, slab, e).map(drop),
+            Guard::Index(s) => index_insert(s, e),
+        }
+    }
+}
+
+/// A locked bucket of a [`CompleteTable`]; unlocked on drop.
+pub struct CompleteBucket<'a>(Guard<'a>);
+
+impl<'a> CompleteBucket<'a> {
+    /// The COW chunk of `chunk` if it is copied.
+    pub fn lookup(&self, chunk: Chunk) -> Option<Chunk> {
+        self.0.lookup(chunk)
+    }
+
+    /// Also locks the bucket of `chunk` in `pending`, keeping this one (the
+    /// pair [`CompleteTable::lock_pair`] takes, in the same order).
+    pub fn with_pending<P: PendingData>(
+        self,
+        pending: &'a PendingTable<P>,
+        chunk: Chunk,
+    ) -> ChunkBuckets<'a, P> {
+        let pair = match self.0 {
+            Guard::Hash(b, slab) => Pair::Hash(b.and_lock(pending.raw(), chunk), slab),
+            Guard::Index(s) => Pair::Index(s.and_lock(pending.raw(), chunk)),
+        };
+        ChunkBuckets::new(pair, pending)
+    }
+}
+
+/// A chunk's complete bucket (of either shape) and pending bucket, locked
+/// together.
+pub(super) enum Pair<'a> {
+    Hash(BucketPair<'a, BucketLocks>, &'static Slab<Exception>),
+    Index(ShardPair<'a, BucketLocks>),
+}
+
+impl<'a> Pair<'a> {
+    pub(super) fn lookup(&self, chunk: Chunk) -> Option<Chunk> {
+        match self {
+            Pair::Hash(p, _) => hash_lookup(&p.first, chunk),
+            Pair::Index(p) => p.first.lookup(chunk),
+        }
+    }
+
+    pub(super) fn insert(&mut self, e: NewException) -> Result<(), InsertError> {
+        match self {
+            Pair::Hash(p, slab) => hash_insert(&mut p.first, slab, e).map(drop),
+            Pair::Index(p) => index_insert(&mut p.first, e),
+        }
+    }
+
+    pub(super) fn pending(&self) -> &Locked<'a, BucketLocks> {
+        match self {
+            Pair::Hash(p, _) => &p.second,
+            Pair::Index(p) => &p.second,
+        }
+    }
+
+    pub(super) fn pending_mut(&mut self) -> &mut Locked<'a, BucketLocks> {
+        match self {
+            Pair::Hash(p, _) => &mut p.second,
+            Pair::Index(p) => &mut p.second,
+        }
+    }
+}
