@@ -5,9 +5,15 @@
 //! ```text
 //! dm-snap-cow dump  <cow>   header and every exception, one per line
 //! dm-snap-cow check <cow>   exit 0 if consistent, 1 if damaged, 2 on usage/I/O errors
+//! dm-snap-cow gen <cow> <exceptions> <origin-chunks> <seed> [rand|seq|perm] [origin]
+//!                           write a COW of many exceptions (see gen.rs)
+//! dm-snap-cow sample <snapshot> <samples>
+//!                           check a snapshot of it serves the stamps
 //! ```
 //!
 //! The format code is the module's own (`rust/logic/disk_format.rs`).
+
+mod gen;
 
 use dm_snap_logic::disk_format::*;
 use std::collections::HashMap;
@@ -152,10 +158,24 @@ fn walk(cow: &mut Cow) -> std::io::Result<Report> {
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
+    let sub = match args.get(1).map(String::as_str) {
+        Some("gen") => Some(gen::run as fn(&[String]) -> Result<(), String>),
+        Some("sample") => Some(gen::sample as fn(&[String]) -> Result<(), String>),
+        _ => None,
+    };
+    if let Some(sub) = sub {
+        return match sub(&args[2..]) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("dm-snap-cow: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
     let (cmd, path) = match args.as_slice() {
         [_, c, p] if c == "dump" || c == "check" => (c.as_str(), p.as_str()),
         _ => {
-            eprintln!("usage: dm-snap-cow dump|check <cow device or image>");
+            eprintln!("usage: dm-snap-cow dump|check <cow device or image> | gen ...");
             return ExitCode::from(2);
         }
     };

@@ -407,9 +407,15 @@ impl Snap {
                 self.wait_for_tracked(old);
                 let state = self.state.read();
                 let mut locks = self.lock_chunk(&state, old);
-                return (Self::take_pending(&mut locks, ticket.take()), unrepresentable);
+                return (
+                    Self::take_pending(&mut locks, ticket.take()),
+                    unrepresentable,
+                );
             }
-            return (Self::take_pending(&mut locks, ticket.take()), unrepresentable);
+            return (
+                Self::take_pending(&mut locks, ticket.take()),
+                unrepresentable,
+            );
         }
     }
 

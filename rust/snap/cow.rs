@@ -23,10 +23,10 @@ use super::store::Store;
 use super::throttle::Tracking;
 use crate::dm::kcopyd::Kcopyd;
 use crate::dm::{BioList, TableDev, TargetRef};
-use crate::logic::exception_index::CowLayout;
 use crate::logic::chunk::{
     complete_hash_shift, table_sizes, Chunk, ChunkGeometry, MAX_TABLE_BYTES,
 };
+use crate::logic::exception_index::CowLayout;
 use crate::new_rwsem;
 use crate::sync::complete::{CompleteBucket, CompleteTable};
 use crate::sync::tables::{ChunkBuckets, Order, PendingTable};

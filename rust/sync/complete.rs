@@ -17,8 +17,8 @@
 //! A [`NewException`] is what a completion hands to a locked bucket: a
 //! slab entry for the hash table, a plain pair for the index.
 
-use super::tables::{class_of, new_raw, Kind, PendingData, PendingTable, Raw};
 use super::tables::ChunkBuckets;
+use super::tables::{class_of, new_raw, Kind, PendingData, PendingTable, Raw};
 use super::BucketLocks;
 use crate::dm::mempool::{Mempool, Slab};
 use crate::logic::chunk::Chunk;
@@ -105,7 +105,11 @@ pub enum InsertError {
 impl CompleteTable {
     /// Upstream's hash table: `buckets` (a power of two) buckets, runs
     /// within `1 << hash_shift` chunks (0: no runs); entries from `slab`.
-    pub fn new_hash(buckets: usize, hash_shift: u32, slab: &'static Slab<Exception>) -> Result<Self> {
+    pub fn new_hash(
+        buckets: usize,
+        hash_shift: u32,
+        slab: &'static Slab<Exception>,
+    ) -> Result<Self> {
         Ok(Self {
             shape: Shape::Hash(new_raw(buckets, hash_shift, Kind::Complete)?),
             slab,
@@ -114,7 +118,11 @@ impl CompleteTable {
 
     /// The compact index over `shards` (a power of two) shards, for a COW
     /// laid out as `layout`.
-    pub fn new_index(shards: usize, layout: CowLayout, slab: &'static Slab<Exception>) -> Result<Self> {
+    pub fn new_index(
+        shards: usize,
+        layout: CowLayout,
+        slab: &'static Slab<Exception>,
+    ) -> Result<Self> {
         let (class, heads) = class_of(Kind::Complete, shards)?;
         let ix = Index::with_class(heads, layout, class).ok_or(EINVAL)?;
         Ok(Self {

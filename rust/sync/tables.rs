@@ -49,7 +49,10 @@ pub(super) enum Kind {
 pub(super) fn class_of(
     kind: Kind,
     buckets: usize,
-) -> Result<(<BucketLocks as BucketLock>::Class, KVec<<BucketLocks as BucketLock>::Head>)> {
+) -> Result<(
+    <BucketLocks as BucketLock>::Class,
+    KVec<<BucketLocks as BucketLock>::Head>,
+)> {
     let (name, key) = match kind {
         Kind::Complete => (
             kernel::c_str!("dm_snap_rs:complete_bucket"),

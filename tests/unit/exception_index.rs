@@ -286,3 +286,52 @@ fn threads_share_shards() {
     assert!(ix.stats().chunks > 190_000);
     drain(ix);
 }
+
+/// `needs` tells, before the locks an insert happens under are taken, how
+/// many nodes make the insert unable to ask for more.
+#[test]
+fn needs_then_insert_never_asks() {
+    let ix = index(1, CowLayout::transient());
+    let mut rng = Rng(21);
+    for i in 0..100_000u64 {
+        let old = rng.next() % (1 << 26);
+        let want = ix.lock(old).needs(old, 1);
+        let nodes: Vec<_> = (0..want).map(|_| node()).collect();
+        {
+            let mut s = ix.lock(old);
+            for p in nodes {
+                unsafe { s.give(p) };
+            }
+        }
+        let r = ix.lock(old).insert(old, i * 2);
+        assert!(matches!(r, Ok(()) | Err(IndexError::Present)), "{r:?}");
+    }
+    assert!(ix.stats().nodes > 100, "deep enough to split inner nodes");
+    drain(ix);
+}
+
+/// The shard and the pending table's bucket lock as one pair, shard first.
+#[test]
+fn pairs_with_the_pending_table() {
+    use dm_snap_logic::exception_table::{Exception, ExceptionTable};
+    let ix = index(4, CowLayout::transient());
+    let pending: ExceptionTable<Vec<AtomicUsize>, SpinBit> =
+        ExceptionTable::new((0..64).map(|_| AtomicUsize::new(0)).collect(), 0).unwrap();
+    insert(&ix, 5, 50).unwrap();
+    let e = NonNull::from(Box::leak(Box::new(Exception::new(6, 0))));
+    {
+        let mut p = ix.lock_pair(&pending, 6);
+        assert_eq!(p.first.lookup(5), Some(50));
+        assert!(unsafe { p.second.insert(e) }.is_none());
+    }
+    {
+        // Both are free again; the shard then the bucket, by hand.
+        let mut p = ix.lock(6).and_lock(&pending, 6);
+        assert!(p.second.lookup(6).is_some());
+        assert!(p.second.remove(e));
+        assert_eq!(p.first.insert(6, 60), Ok(()));
+    }
+    drop(unsafe { Box::from_raw(e.as_ptr()) });
+    assert_eq!(lookup(&ix, 6), Some(60));
+    drain(ix);
+}
