@@ -5,6 +5,9 @@
 #   make                 build dm_snap_rs.ko (against KDIR, or the cached test kernel)
 #   make check           everything: unit tests + in-VM selftests, ends "N passed, N failed"
 #   make demo            boot the VM and show snapshots on null_blk
+#   make bench           fio: dm_snap_rs vs the C driver vs null_blk (perf kernel)
+#   make bench-scale     millions of exceptions: memory, activation, lookups,
+#                        many snapshots (perf kernel); the index in userspace
 #   make KDIR=<tree>     build against any Rust-enabled 6.12 build tree
 #   make rust-analyzer   write rust-project.json for editors
 #   make clippy | fmt    lint with CLIPPY=1 / format with rustfmt
@@ -27,7 +30,7 @@ endif
 export PATH := /usr/lib/llvm-19/bin:$(HOME)/.cargo/bin:$(PATH)
 KMAKE = $(MAKE) -C $(KDIR) M=$(ROOT) LLVM=1 RUSTC=/usr/bin/rustc BINDGEN=bindgen CLIPPY_DRIVER=/usr/bin/clippy-driver
 
-.PHONY: all module kernel clean check demo bench rust-analyzer clippy fmt unit install uninstall
+.PHONY: all module kernel clean check demo bench bench-scale rust-analyzer clippy fmt unit install uninstall
 
 all: module
 
@@ -72,6 +75,9 @@ demo:
 
 bench:
 	$(ROOT)/scripts/bench
+
+bench-scale:
+	$(ROOT)/scripts/bench-scale
 
 rust-analyzer: kernel
 	$(ROOT)/scripts/rust-analyzer $(KDIR) > $(ROOT)/rust-project.json

@@ -1,0 +1,81 @@
+#!/bin/sh
+# In-VM half of scripts/bench-scale: the C driver and dm_snap_rs, loaded in
+# turn (C, rs, rs, C per round), at scale. For each size in SIZES: a
+# persistent COW of that many isolated exceptions (`dm-snap-cow gen ...
+# perm`: every chunk of the first SIZE chunks of the origin copied, in
+# random COW order, so no runs form in either driver) on a sparse
+# memory-backed null_blk; per driver: the kernel memory the active snapshot
+# holds (Slab + VmallocUsed growth), its activation time, and origin
+# rewrites of copied chunks (the lookup path; 4 KiB random writes, libaio
+# QD32, SMP jobs over the copied region). Then first writes through an
+# origin with K = 1, 2, 4, 8 transient snapshots. One line per measure:
+# "RESULT round driver measure size value".
+. /payload/tests/vm/lib.sh
+SIZES=${SIZES:-1048576 4194304} ROUNDS=${ROUNDS:-2} SMP=${SMP:-$(nproc)} RUNTIME=${RUNTIME:-5}
+. /payload/tests/bench/fiorun.sh
+TOOL=/payload/files/dm-snap-cow KO_PERF=/payload/files/dm_snap_rs.ko
+load() { if [ $1 = c ]; then load_c; else unload_drivers; insmod $KO_PERF; fi; }
+nb() { # name size_mb memory_backed
+	modprobe null_blk nr_devices=0 >/dev/null 2>&1
+	d=/sys/kernel/config/nullb/$1; mkdir "$d"
+	echo "$2" >"$d/size"; echo 512 >"$d/blocksize"; echo 2 >"$d/queue_mode"
+	echo "$3" >"$d/memory_backed"
+	echo "$SMP" >"$d/submit_queues"; echo 1024 >"$d/hw_queue_depth"; echo 1 >"$d/irqmode"
+	echo 1 >"$d/power"; echo /dev/$1
+}
+mem_kb() { awk '/^(Slab|VmallocUsed):/ { s += $2 } END { print s }' /proc/meminfo; }
+now_cs() { awk '{ printf "%d", $1 * 100 }' /proc/uptime; }
+result() { echo "RESULT $*"; }
+
+for n in $SIZES; do
+	# The origin needs no memory (rewrites of copied chunks never read it).
+	O=$(nb so $((n * 4 / 1024 + 16)) 0)
+	C=$(nb sc $(((n + n / 256 + 16) * 4 / 1024 + 1)) 1)
+	S=$(blockdev --getsz $O)
+	$TOOL gen $C $n $n 7 perm >/dev/null || { echo "gen failed"; exit 1; }
+	PERJOB_MB=$((n * 4 / 1024 / SMP))
+	r=1
+	while [ $r -le $ROUNDS ]; do
+		for d in c rs rs c; do
+			load $d
+			echo "0 $S snapshot-origin $O" | dmsetup create so
+			sync; echo 3 >/proc/sys/vm/drop_caches
+			m0=$(mem_kb); t0=$(now_cs)
+			snap_create so ss "0 $S snapshot $O $C P 8" || { echo "activation failed"; exit 1; }
+			t1=$(now_cs); m1=$(mem_kb)
+			result $r $d activation_cs $n $((t1 - t0))
+			result $r $d memory_B_per_exception $n $(((m1 - m0) * 1024 / n))
+			result $r $d rewrite_iops $n $(fiorun /dev/mapper/so randwrite libaio $SMP | cut -d' ' -f1)
+			dmsetup remove ss; dmsetup remove so
+		done
+		r=$((r + 1))
+	done
+	unload_drivers; nullb_remove so; nullb_remove sc
+done
+
+# First writes with K snapshots of one origin (N store): each first write
+# of a chunk copies it to every snapshot.
+REGION_MB=${REGION_MB:-256}
+O=$(nb fo $((REGION_MB * SMP + 16)) 0)
+S=$(blockdev --getsz $O)
+for k in 1 2 4 8; do
+	i=1; while [ $i -le $k ]; do nb fc$i $((REGION_MB * SMP + 16)) 0 >/dev/null; i=$((i + 1)); done
+	r=1
+	while [ $r -le $ROUNDS ]; do
+		for d in c rs rs c; do
+			load $d
+			echo "0 $S snapshot-origin $O" | dmsetup create fo
+			i=1; while [ $i -le $k ]; do
+				snap_create fo fs$i "0 $S snapshot $O /dev/fc$i N 8" || exit 1
+				i=$((i + 1))
+			done
+			result $r $d first_write_iops $k $(fiorun /dev/mapper/fo randwrite libaio $SMP first | cut -d' ' -f1)
+			i=1; while [ $i -le $k ]; do dmsetup remove fs$i; i=$((i + 1)); done
+			dmsetup remove fo
+		done
+		r=$((r + 1))
+	done
+	unload_drivers
+	i=1; while [ $i -le $k ]; do nullb_remove fc$i; i=$((i + 1)); done
+done
+echo "SCALE DONE"
