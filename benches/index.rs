@@ -26,15 +26,9 @@ type Table = ExceptionTable<Vec<AtomicUsize>, SpinBit>;
 const SHARDS: usize = 32;
 const LOOKUPS: usize = 1 << 20;
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
+#[path = "../tests/common/rng.rs"]
+mod rng;
+use rng::Rng;
 
 fn node() -> NonNull<Node> {
     // SAFETY: a zeroed `Node` is a valid empty leaf.

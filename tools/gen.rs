@@ -28,15 +28,9 @@ use std::io::{Seek, SeekFrom, Write};
 const CHUNK_SECTORS: u32 = 8;
 const CHUNK_BYTES: u64 = CHUNK_SECTORS as u64 * 512;
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
+#[path = "../tests/common/rng.rs"]
+mod rng;
+use rng::Rng;
 
 /// Runs `gen`; `Err` carries a message for stderr.
 pub fn run(args: &[String]) -> Result<(), String> {

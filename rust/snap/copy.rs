@@ -18,7 +18,7 @@ use super::registry::do_origin;
 use crate::dm::kcopyd::{CopyJob, Region, ZeroJob};
 use crate::dm::{BioList, OwnedBio};
 use crate::logic::chunk::{Chunk, ChunkGeometry};
-use crate::sync::complete::{InsertError, NewException};
+use crate::sync::complete::InsertError;
 use crate::sync::tables::{ChunkBuckets, PendingBox, PendingData, Ticket};
 use crate::sync::KVecExt;
 use kernel::prelude::*;
@@ -335,19 +335,14 @@ impl Snap {
     fn pending_complete(&self, t: PendingTicket, success: bool) {
         let (old, new) = (t.old_chunk(), t.new_chunk());
         let mut error = !success;
-        let e = if error {
+        if error {
             self.invalidate(false);
-            None
-        } else {
-            // May sleep (a slab entry, or index nodes): no bucket lock yet.
-            let e = self.state.read().exc.complete.new_exception(old, new);
-            if e.is_none() {
-                self.invalidate(true);
-                error = true;
-            }
-            e
-        };
-        let (pe, unrepresentable) = self.move_to_complete(t, e, &mut error);
+        }
+        let (pe, nomem, unrepresentable) =
+            self.move_to_complete(t, (!error).then_some(new), &mut error);
+        if nomem {
+            self.invalidate(true);
+        }
         if unrepresentable {
             pr_err!("snapshots: chunk {} beyond the exception index\n", old);
             self.invalidate(false);
@@ -357,9 +352,10 @@ impl Snap {
         }
     }
 
-    /// Inserts `e`, the exception of `t`, in the complete table and takes
-    /// `t` out of the pending one; returns it, and true if the complete
-    /// table could not hold the chunks.
+    /// Inserts the exception of `t` (to COW chunk `new`, unless the copy
+    /// failed) in the complete table and takes `t` out of the pending one;
+    /// returns it, whether memory for the entry ran out, and whether the
+    /// complete table could not hold the chunks.
     ///
     /// The bucket guards borrow the tables the state lock protects, so the
     /// lock is held (for read) while they are. When the index needs nodes,
@@ -372,14 +368,24 @@ impl Snap {
     fn move_to_complete(
         &self,
         t: PendingTicket,
-        mut e: Option<NewException>,
+        new: Option<Chunk>,
         error: &mut bool,
-    ) -> (Option<PendingBox<Pending>>, bool) {
+    ) -> (Option<PendingBox<Pending>>, bool, bool) {
         let old = t.old_chunk();
         let mut ticket = Some(t);
-        let mut unrepresentable = false;
+        let (mut nomem, mut unrepresentable) = (false, false);
+        let mut e = None;
+        let mut first = true;
         loop {
             let state = self.state.read();
+            if core::mem::take(&mut first) {
+                // May sleep (a slab entry): before the bucket locks.
+                e = new.and_then(|n| state.exc.complete.new_exception(old, n));
+                if new.is_some() && e.is_none() {
+                    nomem = true;
+                    *error = true;
+                }
+            }
             let mut locks = self.lock_chunk(&state, old);
             let mut wait = false;
             match e.take() {
@@ -409,11 +415,13 @@ impl Snap {
                 let mut locks = self.lock_chunk(&state, old);
                 return (
                     Self::take_pending(&mut locks, ticket.take()),
+                    nomem,
                     unrepresentable,
                 );
             }
             return (
                 Self::take_pending(&mut locks, ticket.take()),
+                nomem,
                 unrepresentable,
             );
         }

@@ -161,18 +161,18 @@ impl CompleteTable {
     /// A completed exception `old` -> `new`, for a locked bucket. May sleep:
     /// call with no bucket lock held. For the hash table a slab entry
     /// (`GFP_NOIO`, then `GFP_ATOMIC`, as upstream: `None` if both fail);
-    /// for the index never `None`, and the shard of `old` gets the nodes
-    /// the insert will need.
+    /// for the index never `None` and free: an insert that finds too few
+    /// nodes says so, and its caller refills with no lock held and retries.
     pub fn new_exception(&self, old: Chunk, new: Chunk) -> Option<NewException> {
         match &self.shape {
             Shape::Hash(_) => {
                 let e = self.slab.alloc(Exception::new(old, new))?;
                 Some(NewException(New::Slab { e, slab: self.slab }))
             }
-            Shape::Index { .. } => {
-                self.refill(old, 1);
-                Some(NewException(New::Plain { old, new }))
-            }
+            // Nodes come only when an insert asks (one in hundreds: a
+            // leaf split): a refill here would cost every completion a
+            // shard lock and a descent more.
+            Shape::Index { .. } => Some(NewException(New::Plain { old, new })),
         }
     }
 

@@ -24,14 +24,6 @@ load() {
 	esac
 }
 
-nb() { # name size_mb [memory_backed]: a null_blk, by default without memory
-	modprobe null_blk nr_devices=0 >/dev/null 2>&1
-	d=/sys/kernel/config/nullb/$1; mkdir "$d"
-	echo "$2" >"$d/size"; echo 512 >"$d/blocksize"; echo 2 >"$d/queue_mode"
-	echo "${3:-0}" >"$d/memory_backed"
-	echo "$SMP" >"$d/submit_queues"; echo 1024 >"$d/hw_queue_depth"; echo 1 >"$d/irqmode"
-	echo 1 >"$d/power"; echo /dev/$1
-}
 SIZE_MB=$((REGION_MB * SMP + 16))
 # A persistent store reads back its metadata: its COW needs memory backing
 # (then N runs on a memory-backed COW too, so that P and N compare).

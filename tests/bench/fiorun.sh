@@ -1,4 +1,5 @@
-# fio as the benchmark runs it (sourced by bench-vm.sh): 4 KiB random I/O,
+# fio as the benchmarks run it (sourced by bench-vm.sh and scale-vm.sh), and
+# their null_blk disks (nb): 4 KiB random I/O,
 # O_DIRECT, one region per job, RUNTIME seconds.
 #
 # Two kinds of run. "first": every I/O touches a block this run has not
@@ -30,4 +31,15 @@ fiorun() { # dev rw engine jobs [first] -> "iops p50 p99" (µs)
 		}
 		print iops, p50, p99
 	}'
+}
+
+# A null_blk for the benchmarks: nb NAME SIZE_MB [MEMORY_BACKED] prints its
+# node; by default without memory, as the fine-grained-locking series measured.
+nb() { # name size_mb [memory_backed]: a null_blk, by default without memory
+	modprobe null_blk nr_devices=0 >/dev/null 2>&1
+	d=/sys/kernel/config/nullb/$1; mkdir "$d"
+	echo "$2" >"$d/size"; echo 512 >"$d/blocksize"; echo 2 >"$d/queue_mode"
+	echo "${3:-0}" >"$d/memory_backed"
+	echo "$SMP" >"$d/submit_queues"; echo 1024 >"$d/hw_queue_depth"; echo 1 >"$d/irqmode"
+	echo 1 >"$d/power"; echo /dev/$1
 }

@@ -15,14 +15,6 @@ SIZES=${SIZES:-1048576 4194304} ROUNDS=${ROUNDS:-2} SMP=${SMP:-$(nproc)} RUNTIME
 . /payload/tests/bench/fiorun.sh
 TOOL=/payload/files/dm-snap-cow KO_PERF=/payload/files/dm_snap_rs.ko
 load() { if [ $1 = c ]; then load_c; else unload_drivers; insmod $KO_PERF; fi; }
-nb() { # name size_mb memory_backed
-	modprobe null_blk nr_devices=0 >/dev/null 2>&1
-	d=/sys/kernel/config/nullb/$1; mkdir "$d"
-	echo "$2" >"$d/size"; echo 512 >"$d/blocksize"; echo 2 >"$d/queue_mode"
-	echo "$3" >"$d/memory_backed"
-	echo "$SMP" >"$d/submit_queues"; echo 1024 >"$d/hw_queue_depth"; echo 1 >"$d/irqmode"
-	echo 1 >"$d/power"; echo /dev/$1
-}
 mem_kb() { awk '/^(Slab|VmallocUsed):/ { s += $2 } END { print s }' /proc/meminfo; }
 now_cs() { awk '{ printf "%d", $1 * 100 }' /proc/uptime; }
 result() { echo "RESULT $*"; }
@@ -30,7 +22,7 @@ result() { echo "RESULT $*"; }
 for n in $SIZES; do
 	# The origin needs no memory (rewrites of copied chunks never read it).
 	O=$(nb so $((n * 4 / 1024 + 16)) 0)
-	C=$(nb sc $(((n + n / 256 + 16) * 4 / 1024 + 1)) 1)
+	C=$(nb sc $(((n + n / 128 + 1024) * 4 / 1024 + 1)) 1)
 	S=$(blockdev --getsz $O)
 	$TOOL gen $C $n $n 7 perm >/dev/null || { echo "gen failed"; exit 1; }
 	PERJOB_MB=$((n * 4 / 1024 / SMP))

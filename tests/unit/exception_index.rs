@@ -72,16 +72,9 @@ fn drain(mut ix: Index) {
     ix.drain(free);
 }
 
-/// xorshift: a reproducible stream without a crate.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
+#[path = "../common/rng.rs"]
+mod rng;
+use rng::Rng;
 
 #[test]
 fn dense_numbers_skip_metadata() {
