@@ -131,6 +131,8 @@ fn bench_index(n: u64, olds: &[u64], hits: &[u64], misses: &[u64]) -> Row {
 }
 
 fn free(mut ix: Index) {
+    // SAFETY: every node came from `node()` with this layout; drained, it
+    // is no longer in the index.
     ix.drain(|p| unsafe { dealloc(p.as_ptr().cast(), Layout::new::<Node>()) });
 }
 
@@ -146,9 +148,11 @@ fn bench_table(n: u64, olds: &[u64], hits: &[u64], misses: &[u64]) -> Row {
         let e = NonNull::from(Box::leak(Box::new(Exception::new(o, layout.cow(i as u64)))));
         let mut b = t.lock(o);
         // SAFETY: a fresh entry, freed by `drain` or here.
+        // SAFETY: a fresh entry in no table, freed by `drain` or below.
         match unsafe { b.insert(e) } {
             Some(e) => {
                 drop(b);
+                // SAFETY: merged into a run: handed back, a leaked `Box`.
                 drop(unsafe { Box::from_raw(e.as_ptr()) });
             }
             None => entries += 1,
@@ -165,6 +169,7 @@ fn bench_table(n: u64, olds: &[u64], hits: &[u64], misses: &[u64]) -> Row {
         assert!(black_box(t.lock(o).lookup(o)).is_none());
     }
     let miss_ns = per_op(start, misses.len());
+    // SAFETY: every entry is a leaked `Box`, unlinked by `drain`.
     t.drain(|e| drop(unsafe { Box::from_raw(e.as_ptr()) }));
     Row {
         what: "hash-table",

@@ -425,12 +425,17 @@ impl<L: BucketLock> ShardRef<'_, L> {
     /// The COW chunk of origin chunk `chunk`, if it has an exception.
     pub fn lookup(&self, chunk: Chunk) -> Option<Chunk> {
         let key = u32::try_from(chunk).ok()?;
-        let mut path = Path {
-            steps: [(ptr::null_mut(), 0); MAX_DEPTH],
-            depth: 0,
+        // The bio path: a plain descent, no way back recorded.
+        let mut n = self.root();
+        let leaf = loop {
+            // SAFETY: nodes of the locked shard's tree are valid while its
+            // lock is held, which this guard's `&self` keeps for the borrow.
+            let node = unsafe { n.as_ref()? };
+            if node.is_leaf() {
+                break node;
+            }
+            n = node.kid(node.child_for(u64::from(key)));
         };
-        // SAFETY: a leaf of the locked shard's tree.
-        let leaf = unsafe { &*self.descend(key, &mut path)? };
         let i = leaf.leaf_upper(key);
         let s = *leaf.leaf().get(i.checked_sub(1)?)?;
         let (k, v) = (key_of(s), val_of(s));
