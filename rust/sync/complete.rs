@@ -26,9 +26,8 @@ use crate::logic::exception_index::{CowLayout, ExceptionIndex, IndexError, Shard
 use crate::logic::exception_table::{
     Bucket, BucketLock, BucketPair, Exception, Locked, RemoveChunkError,
 };
-use crate::logic::index_node::{Node, NODE_BYTES};
+use crate::logic::index_node::Node;
 use core::ptr::{self, NonNull};
-use core::sync::atomic::{AtomicUsize, Ordering};
 use kernel::prelude::*;
 
 type Index = ExceptionIndex<KVec<<BucketLocks as BucketLock>::Head>, BucketLocks>;
@@ -38,12 +37,7 @@ type Index = ExceptionIndex<KVec<<BucketLocks as BucketLock>::Head>, BucketLocks
 const NODE_RESERVE: i32 = 10;
 
 enum Shape {
-    Index {
-        ix: Index,
-        nodes: Mempool<Node>,
-        /// Nodes allocated (in trees and spare lists).
-        live: AtomicUsize,
-    },
+    Index { ix: Index, nodes: Mempool<Node> },
     Hash(Raw),
 }
 
@@ -129,7 +123,6 @@ impl CompleteTable {
             shape: Shape::Index {
                 ix,
                 nodes: Mempool::new(NODE_RESERVE)?,
-                live: AtomicUsize::new(0),
             },
             slab,
         })
@@ -148,14 +141,6 @@ impl CompleteTable {
         // 0.01 B/chunk (each shard holds at least a node), plenty for the
         // lock to be uncontended.
         Index::shards_for(origin_chunks, 32)
-    }
-
-    /// Bytes of index nodes (0 for the hash table).
-    pub fn index_bytes(&self) -> usize {
-        match &self.shape {
-            Shape::Index { live, .. } => live.load(Ordering::Relaxed) * NODE_BYTES,
-            Shape::Hash(_) => 0,
-        }
     }
 
     /// A completed exception `old` -> `new`, for a locked bucket. May sleep:
@@ -180,7 +165,7 @@ impl CompleteTable {
     /// slots there may split off (a no-op for the hash table). May sleep:
     /// call with no bucket lock held.
     pub fn refill(&self, chunk: Chunk, room: usize) {
-        let Shape::Index { ix, nodes, live } = &self.shape else {
+        let Shape::Index { ix, nodes } = &self.shape else {
             return;
         };
         let want = ix.lock(chunk).needs(chunk, room);
@@ -188,7 +173,6 @@ impl CompleteTable {
         for slot in got.iter_mut().take(want) {
             // SAFETY: an all-zero `Node` is a valid empty leaf.
             *slot = Some(unsafe { nodes.alloc_zeroed() });
-            live.fetch_add(1, Ordering::Relaxed);
         }
         let mut s = ix.lock(chunk);
         for n in got.into_iter().flatten() {
@@ -276,8 +260,7 @@ impl Drop for CompleteTable {
                 // ours.
                 unsafe { slab.free(e) }
             }),
-            Shape::Index { ix, nodes, live } => ix.drain(|n| {
-                live.fetch_sub(1, Ordering::Relaxed);
+            Shape::Index { ix, nodes } => ix.drain(|n| {
                 // SAFETY: every node came from this pool (`refill`); the
                 // index handed it back and holds it no more.
                 unsafe { nodes.free(n) }
