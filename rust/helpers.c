@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: GPL-2.0
 /* C helpers for dm_snap_rs: see helpers.h. */
+#include <linux/completion.h>
 #include <linux/delay.h>
 #include <linux/moduleparam.h>
 #include <linux/module.h>
@@ -14,6 +15,10 @@ MODULE_PARM_DESC(snapshot_cow_threshold, "Maximum number of chunks being copied 
 bool dmsr_exception_index = true;
 module_param_named(snapshot_exception_index, dmsr_exception_index, bool, 0644);
 MODULE_PARM_DESC(snapshot_exception_index, "Keep completed exceptions in the compact B+tree index (0: upstream's hash table); read at table load");
+
+bool dmsr_shared_copy = true;
+module_param_named(snapshot_shared_copy, dmsr_shared_copy, bool, 0644);
+MODULE_PARM_DESC(snapshot_shared_copy, "Copy an origin chunk for up to 8 snapshots of one chunk size with one origin read (0: one copy per snapshot, as upstream)");
 
 DECLARE_DM_KCOPYD_THROTTLE_WITH_MODULE_PARM(snapshot_copy_throttle,
 		"A percentage of time allocated for copy on write");
@@ -99,6 +104,60 @@ int dmsr_chunk_io(struct dm_io_client *client, struct block_device *bdev,
 	};
 
 	return dm_io(&io_req, 1, &where, NULL, IOPRIO_DEFAULT);
+}
+
+struct dmsr_read_batch {
+	atomic_t left;
+	int error;
+	struct completion done;
+};
+
+static void dmsr_read_batch_notify(unsigned long error, void *context)
+{
+	struct dmsr_read_batch *b = context;
+
+	if (error)
+		WRITE_ONCE(b->error, -EIO);
+	if (atomic_dec_and_test(&b->left))
+		complete(&b->done);
+}
+
+int dmsr_read_strided(struct dm_io_client *client, struct block_device *bdev,
+		      sector_t first, sector_t stride, sector_t count,
+		      unsigned int n, void *vmem)
+{
+	struct dmsr_read_batch b = { .error = 0 };
+	unsigned int i;
+
+	/* One count for the submitter: no completion before all are issued. */
+	atomic_set(&b.left, n + 1);
+	init_completion(&b.done);
+	for (i = 0; i < n; i++) {
+		struct dm_io_region where = {
+			.bdev = bdev,
+			.sector = first + i * stride,
+			.count = count,
+		};
+		struct dm_io_request io_req = {
+			.bi_opf = REQ_OP_READ | REQ_SYNC,
+			.mem.type = DM_IO_VMA,
+			.mem.ptr.vma = (char *)vmem + ((size_t)i * count << SECTOR_SHIFT),
+			.client = client,
+			.notify.fn = dmsr_read_batch_notify,
+			.notify.context = &b,
+		};
+		int r = dm_io(&io_req, 1, &where, NULL, IOPRIO_DEFAULT);
+
+		if (r) {
+			/* Not issued: its notify will not come. */
+			WRITE_ONCE(b.error, r);
+			atomic_dec(&b.left);
+		}
+	}
+	if (atomic_dec_and_test(&b.left))
+		complete(&b.done);
+	wait_for_completion_io(&b.done);
+	return READ_ONCE(b.error);
 }
 
 struct workqueue_struct *dmsr_alloc_metadata_wq(void)

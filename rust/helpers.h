@@ -65,6 +65,9 @@ extern unsigned int dmsr_cow_threshold;
 /* The snapshot_exception_index module parameter (read at table load). */
 extern bool dmsr_exception_index;
 
+/* The snapshot_shared_copy module parameter (read per origin write). */
+extern bool dmsr_shared_copy;
+
 void dmsr_fsleep(unsigned long usecs);
 
 /* down_write_nested() is a macro without lockdep. */
@@ -77,6 +80,15 @@ void dmsr_down_write_nested(struct rw_semaphore *sem);
  */
 int dmsr_chunk_io(struct dm_io_client *client, struct block_device *bdev,
 		  sector_t sector, sector_t count, void *vmem, int write, int commit);
+
+/*
+ * Reads n regions of count sectors, the i-th at first + i * stride, into
+ * consecutive parts of vmem (vmalloc'ed, n * count sectors) with all n
+ * reads in flight at once; waits for them all. -EIO if any failed.
+ */
+int dmsr_read_strided(struct dm_io_client *client, struct block_device *bdev,
+		      sector_t first, sector_t stride, sector_t count,
+		      unsigned int n, void *vmem);
 
 /*
  * Runs fn(arg) on wq and waits for it: metadata I/O issued from a bio's

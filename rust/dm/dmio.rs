@@ -79,6 +79,41 @@ impl DmIo {
         self.io(dev, sector, buf.0.as_mut_ptr(), len, false, false)
     }
 
+    /// Reads `n` regions of `dev`, the `i`-th at `first + i * stride`, into
+    /// consecutive equal parts of the first `len` bytes of `buf` (so each
+    /// is `len / n` bytes, a multiple of 512), with all `n` reads in flight
+    /// at once; sleeps until all are done. `EIO` if one failed.
+    pub fn read_strided(
+        &self,
+        dev: &TableDev,
+        first: u64,
+        stride: u64,
+        n: usize,
+        buf: &mut IoBuf,
+        len: usize,
+    ) -> Result {
+        if n == 0 || len > buf.0.len() || len % n != 0 || (len / n) % 512 != 0 {
+            return Err(EINVAL);
+        }
+        let count = ((len / n) >> 9) as u64;
+        let n = u32::try_from(n).map_err(|_| EINVAL)?;
+        // SAFETY: the client is live; `buf` is vmalloc memory of at least
+        // `n * count` sectors (`len`, checked), exclusively ours and valid until the call returns,
+        // which is after every read has completed.
+        let r = unsafe {
+            sys::dmsr_read_strided(
+                self.0.as_ptr(),
+                dev.raw_bdev(),
+                first,
+                stride,
+                count,
+                n,
+                buf.0.as_mut_ptr().cast::<c_void>(),
+            )
+        };
+        kernel::error::to_result(r)
+    }
+
     /// Writes `buf` at `sector` of `dev`, with PREFLUSH|FUA if `commit`;
     /// sleeps.
     pub fn write(&self, dev: &TableDev, sector: u64, buf: &IoBuf, commit: bool) -> Result {

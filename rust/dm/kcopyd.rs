@@ -84,6 +84,17 @@ pub trait CopyJob: JobPtr {
     }
 }
 
+/// Most destinations one copy writes (`DM_KCOPYD_MAX_REGIONS`).
+pub const MAX_DESTS: usize = sys::DM_KCOPYD_MAX_REGIONS as usize;
+
+/// The context of a copy to several destinations ([`Kcopyd::copy_multi`]).
+pub trait MultiCopyJob: JobPtr {
+    /// Called in kcopyd's worker when the job finished: `read_ok` is false
+    /// after a read error (no destination holds the data), bit `i` of
+    /// `write_err` set after a write error on destination `i`.
+    fn done_multi(self, read_ok: bool, write_err: u64);
+}
+
 /// The context of a zeroing bio ([`Kcopyd::zero_bio`]).
 pub trait ZeroJob: JobPtr {
     /// The chunk was zeroed (or not: `ok`); `bio` is the caller's again.
@@ -160,6 +171,22 @@ unsafe extern "C" fn notify<J: CopyJob>(read_err: c_int, write_err: c_ulong, con
     // kcopyd notifies once.
     let job = unsafe { J::from_raw(context) };
     job.done_detail(read_err == 0, write_err == 0);
+}
+
+/// kcopyd's completion callback for copies to several destinations.
+///
+/// # Safety
+///
+/// Only kcopyd calls it, once per job, with the job's `context`.
+unsafe extern "C" fn notify_multi<J: MultiCopyJob>(
+    read_err: c_int,
+    write_err: c_ulong,
+    context: *mut c_void,
+) {
+    // SAFETY: `context` is the job given to this copy by `into_raw`, and
+    // kcopyd notifies once.
+    let job = unsafe { J::from_raw(context) };
+    job.done_multi(read_err == 0, write_err as u64);
 }
 
 /// kcopyd's completion callback of a zeroing bio: `context` is the bio,
@@ -242,6 +269,56 @@ impl Kcopyd {
             // copied by kcopyd; `ctx` owns the job until `notify`, which
             // kcopyd calls once.
             unsafe { sys::dm_kcopyd_copy(c, &mut s, 1, &mut d, 0, Some(notify::<J>), ctx) };
+        });
+        job.map_or(Ok(()), Err)
+    }
+
+    /// Copies `src` to every region of `dests` (at most [`MAX_DESTS`], all
+    /// as long as `src`) with one read, then calls `job.done_multi()`. A
+    /// write error on one destination does not stop the others
+    /// (`DM_KCOPYD_IGNORE_ERROR`): each is told apart in `write_err`. May
+    /// sleep. Gives the job back if the client is closed or `dests` is
+    /// empty or too long.
+    pub fn copy_multi<'a, J: MultiCopyJob>(
+        &self,
+        src: &Region<'_>,
+        dests: impl IntoIterator<Item = Region<'a>>,
+        job: J,
+    ) -> Result<(), J> {
+        let mut s = src.raw();
+        let mut d: [sys::dm_io_region; MAX_DESTS] = core::array::from_fn(|_| Default::default());
+        let mut n = 0u32;
+        for x in dests {
+            let Some(r) = d.get_mut(n as usize) else {
+                return Err(job);
+            };
+            *r = x.raw();
+            n += 1;
+        }
+        if n == 0 {
+            return Err(job);
+        }
+        let flags = 1u32 << sys::DM_KCOPYD_IGNORE_ERROR;
+        let mut job = Some(job);
+        self.with_client(|c| {
+            let Some(j) = job.take() else {
+                return;
+            };
+            let ctx = j.into_raw();
+            // SAFETY: the client is live (`with_client`); kcopyd copies the
+            // `n` regions of `d` before returning; `ctx` owns the job until
+            // `notify_multi`, which kcopyd calls once.
+            unsafe {
+                sys::dm_kcopyd_copy(
+                    c,
+                    &mut s,
+                    n,
+                    d.as_mut_ptr(),
+                    flags,
+                    Some(notify_multi::<J>),
+                    ctx,
+                )
+            };
         });
         job.map_or(Ok(()), Err)
     }

@@ -46,3 +46,10 @@ pub fn exception_index() -> bool {
     // stores 0 or 1 to, read once, volatile (one byte, never torn).
     unsafe { core::ptr::read_volatile(&raw const crate::bindings::dmsr_exception_index) }
 }
+
+/// The `snapshot_shared_copy` module parameter: whether an origin write
+/// copies a chunk for several snapshots with one origin read.
+pub fn shared_copies() -> bool {
+    // SAFETY: as in `exception_index`.
+    unsafe { core::ptr::read_volatile(&raw const crate::bindings::dmsr_shared_copy) }
+}

@@ -161,6 +161,13 @@ pub struct Ready<T> {
     next: Option<NonNull<T>>,
 }
 
+impl<T> Ready<T> {
+    /// Nothing (more) to yield.
+    pub fn is_empty(&self) -> bool {
+        self.next.is_none()
+    }
+}
+
 impl<T: Ordered> Iterator for Ready<T> {
     type Item = (NonNull<T>, bool);
 

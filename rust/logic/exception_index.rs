@@ -174,9 +174,15 @@ impl<H: Deref<Target = [L::Head]>, L: BucketLock> ExceptionIndex<H, L> {
         self.heads.len()
     }
 
+    /// The shard `chunk` lives in: chunks of one shard can be inserted
+    /// under one [`ExceptionIndex::lock`].
+    pub fn shard_of(&self, chunk: Chunk) -> usize {
+        ((chunk >> RANGE_SHIFT) & self.mask) as usize
+    }
+
     fn shard(&self, chunk: Chunk) -> ShardRef<'_, L> {
         ShardRef {
-            head: &self.heads[((chunk >> RANGE_SHIFT) & self.mask) as usize],
+            head: &self.heads[self.shard_of(chunk)],
             class: &self.class,
             layout: self.layout,
         }

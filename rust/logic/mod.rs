@@ -13,5 +13,6 @@ pub mod exception_table;
 pub mod index_node;
 pub mod merge;
 pub mod persistent;
+pub mod sort;
 pub mod table;
 pub mod transient;

@@ -15,8 +15,8 @@
 use super::cow::{Snap, State};
 use super::persistent::PersistentIo;
 use super::registry::do_origin;
-use crate::dm::kcopyd::{CopyJob, Region, ZeroJob};
-use crate::dm::{BioList, OwnedBio};
+use crate::dm::kcopyd::{CopyJob, MultiCopyJob, Region, ZeroJob, MAX_DESTS};
+use crate::dm::{shared_copies, BioList, OwnedBio};
 use crate::logic::chunk::{Chunk, ChunkGeometry};
 use crate::sync::complete::InsertError;
 use crate::sync::tables::{ChunkBuckets, PendingBox, PendingData, Ticket};
@@ -158,17 +158,17 @@ impl Snap {
 
     /// One snapshot's part of an origin write to `sector` (`__origin_write`
     /// loop body): makes sure the chunk is copied and queues `bio` on the
-    /// first pending exception it needs. A copy it creates for another
-    /// snapshot starts at once; the one `bio` waits on is returned, to be
-    /// started after every snapshot has been seen. The flag says whether a
-    /// copy of the chunk is in flight (found or started): what a merge
+    /// first pending exception it needs. A copy it creates is returned, not
+    /// started, with whether `bio` waits on it: the caller starts the copies
+    /// of all snapshots together ([`SharedCopy`]). The flag says whether a
+    /// copy of the chunk is in flight (found or created): what a merge
     /// waits for. A merging snapshot gets no new exceptions. Holds the
     /// registry lock.
     pub(crate) fn origin_write_one(
         s: &Arc<Snap>,
         sector: u64,
         bio: &mut Option<OwnedBio>,
-    ) -> (bool, Option<PendingTicket>) {
+    ) -> (bool, Option<(PendingTicket, bool)>) {
         if s.merge || sector >= s.ti.table_size() {
             return (false, None);
         }
@@ -209,14 +209,14 @@ impl Snap {
                 (true, None)
             }
             Found::Created(t) => {
-                if let Some(b) = bio.take() {
-                    *bio = Self::queue_bio(&mut locks, chunk, b, true);
-                    return (true, Some(t));
-                }
-                drop(locks);
-                drop(state);
-                s.start_copy(t);
-                (true, None)
+                let waits = match bio.take() {
+                    Some(b) => {
+                        *bio = Self::queue_bio(&mut locks, chunk, b, true);
+                        bio.is_none()
+                    }
+                    None => false,
+                };
+                (true, Some((t, waits)))
             }
         }
     }
@@ -270,9 +270,14 @@ impl Snap {
     /// A copy finished (`copy_callback`). The transient store completes it
     /// at once; the persistent store completes it and the copies that
     /// finished before it and waited for it, in allocation order (see
-    /// [`super::cow::Allocation`]). Runs in kcopyd's worker, one call at a
-    /// time per snapshot, so what one call takes out of the order is
-    /// completed before the next call takes anything.
+    /// [`super::cow::Allocation`]).
+    ///
+    /// Completions of one snapshot come from more than one kcopyd worker (a
+    /// shared copy runs on the client of the snapshot that started it), and
+    /// one may even nest in another (a released origin write whose new copy
+    /// cannot start). So one caller at a time commits: the others record
+    /// their result in the order and leave, and the committing one takes
+    /// what became ready until nothing is left, oldest first.
     fn copy_done(&self, t: PendingTicket, ok: bool) {
         // No handover happens while a pending exception exists (both tables
         // are quiesced for it), so the store cannot change while the taken
@@ -289,15 +294,26 @@ impl Snap {
             return;
         };
         let unordered = a.order.finish(t, ok).err();
-        let ready = a.order.take_ready();
+        let mut ready =
+            (!core::mem::replace(&mut a.committing, true)).then(|| a.order.take_ready());
         drop(a);
         drop(st);
         if let Some(t) = unordered {
             pr_err!("snapshots: pending exception out of the allocation order\n");
             self.pending_complete(t, false);
         }
-        for (q, ok) in ready {
-            self.commit(&pio, g, q, ok);
+        while let Some(r) = ready.take() {
+            for (q, ok) in r {
+                self.commit(&pio, g, q, ok);
+            }
+            let st = self.state.read();
+            let mut a = st.alloc();
+            let next = a.order.take_ready();
+            if next.is_empty() {
+                a.committing = false;
+            } else {
+                ready = Some(next);
+            }
         }
         self.account_end_copy();
     }
@@ -450,6 +466,149 @@ impl Snap {
             }
         }
         drop(pe);
+    }
+}
+
+/// The copies of one origin chunk for several snapshots with the same chunk
+/// size, started as one dm-kcopyd job: the origin is read once and written
+/// to every COW (up to [`MAX_DESTS`]). Gathered by an origin write under
+/// the registry lock, one snapshot after another in registry order.
+pub(crate) struct SharedCopy {
+    tickets: [Option<PendingTicket>; MAX_DESTS],
+    len: usize,
+    /// An origin write waits on one of these copies.
+    waits: bool,
+}
+
+impl SharedCopy {
+    /// Nothing gathered yet.
+    pub(crate) fn new() -> Self {
+        Self {
+            tickets: [const { None }; MAX_DESTS],
+            len: 0,
+            waits: false,
+        }
+    }
+
+    /// Whether an origin write waits on one of the copies.
+    pub(crate) fn waits(&self) -> bool {
+        self.waits
+    }
+
+    /// Adds the copy of `t` (`waits`: an origin write waits on it); gives
+    /// it back when it cannot share this job: full, or another chunk size
+    /// (then another origin region).
+    pub(crate) fn add(&mut self, t: PendingTicket, waits: bool) -> Result<(), PendingTicket> {
+        if let Some(Some(first)) = self.tickets.first() {
+            let (a, b) = (first.ctx(), t.ctx());
+            let same = a.geometry.sectors() == b.geometry.sectors()
+                && first.old_chunk() == t.old_chunk()
+                && a.snap.origin.nr_sectors() == b.snap.origin.nr_sectors();
+            if !same || self.len == MAX_DESTS || !shared_copies() {
+                return Err(t);
+            }
+        }
+        self.tickets[self.len] = Some(t);
+        self.len += 1;
+        self.waits |= waits;
+        Ok(())
+    }
+
+    /// Starts the gathered copies: one alone as usual, several with one
+    /// origin read. Call with no bucket lock held; may sleep.
+    pub(crate) fn start(mut self) {
+        if self.len <= 1 {
+            if let Some(t) = self.tickets[0].take() {
+                let s = t.ctx().snap.clone();
+                s.start_copy(t);
+            }
+            return;
+        }
+        // Our own references: the tickets travel into the job below while
+        // their regions are read.
+        let mut snaps: [Option<Arc<Snap>>; MAX_DESTS] = [const { None }; MAX_DESTS];
+        let mut new = [0; MAX_DESTS];
+        for (i, t) in self.tickets.iter().enumerate() {
+            if let Some(t) = t {
+                snaps[i] = Some(t.ctx().snap.clone());
+                new[i] = t.new_chunk();
+            }
+        }
+        let Some(Some(head)) = self.tickets.first() else {
+            return;
+        };
+        let (g, old) = (head.ctx().geometry, head.old_chunk());
+        let Some(first) = snaps[0].clone() else {
+            return;
+        };
+        let count = g.copy_len(old, first.origin.nr_sectors());
+        let src = Region {
+            dev: &first.origin,
+            sector: g.sector_of(old),
+            count,
+        };
+        let mut regions: [Option<Region<'_>>; MAX_DESTS] = [const { None }; MAX_DESTS];
+        for ((r, s), n) in regions.iter_mut().zip(&snaps).zip(new) {
+            if let Some(s) = s {
+                s.account_start_copy();
+                *r = Some(Region {
+                    dev: &s.cow,
+                    sector: g.sector_of(n),
+                    count,
+                });
+            }
+        }
+        // Chain the tickets, last first: the head owns the rest.
+        let mut chain: Option<PendingTicket> = None;
+        for slot in self.tickets.iter_mut().rev() {
+            if let Some(t) = slot.take() {
+                if let Some(next) = chain.take() {
+                    if let Err(next) = t.link(next) {
+                        // A fresh ticket has no link: cannot happen.
+                        pr_err!("snapshots: shared copy ticket linked twice\n");
+                        next.done_multi(false, 0);
+                    }
+                }
+                chain = Some(t);
+            }
+        }
+        let Some(head) = chain else {
+            return;
+        };
+        if let Err(job) = first
+            .kcopyd
+            .copy_multi(&src, regions.into_iter().flatten(), head)
+        {
+            job.done_multi(false, 0);
+        }
+    }
+}
+
+/// A shared copy in flight is its first ticket, owning the others through
+/// their links, in destination order.
+impl MultiCopyJob for PendingTicket {
+    fn done_multi(self, read_ok: bool, write_err: u64) {
+        let mut all: [Option<PendingTicket>; MAX_DESTS] = [const { None }; MAX_DESTS];
+        let mut next = Some(self);
+        let mut n = 0;
+        while let Some(t) = next {
+            next = t.unlink();
+            if n == MAX_DESTS {
+                // Never longer than the job's destinations: fail the rest.
+                t.done(false);
+                continue;
+            }
+            all[n] = Some(t);
+            n += 1;
+        }
+        // Last first: the origin write waits on the first (the first
+        // snapshot that needed the chunk), so when it is retried the others
+        // are done and it walks the snapshots once more, not once per copy.
+        for (i, t) in all.iter_mut().enumerate().rev() {
+            if let Some(t) = t.take() {
+                t.done(read_ok && write_err & (1 << i) == 0);
+            }
+        }
     }
 }
 

@@ -27,15 +27,21 @@ use crate::logic::chunk::{
     complete_hash_shift, table_sizes, Chunk, ChunkGeometry, MAX_TABLE_BYTES,
 };
 use crate::logic::exception_index::CowLayout;
+use crate::logic::sort::sort_by_key;
 use crate::new_rwsem;
 use crate::sync::complete::{CompleteBucket, CompleteTable};
 use crate::sync::tables::{ChunkBuckets, Order, PendingTable};
-use crate::sync::RwSem;
+use crate::sync::{KVecExt, RwSem};
 use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use kernel::alloc::VVec;
 use kernel::new_spinlock;
 use kernel::prelude::*;
 use kernel::sync::lock::{spinlock::SpinLockBackend, Guard};
 use kernel::sync::{Arc, SpinLock};
+
+/// Exceptions sorted and inserted at once when a persistent COW is loaded
+/// (64 areas of 4 KiB chunks).
+const LOAD_BATCH: usize = 16384;
 
 /// What a handover moves from the old table's snapshot to the new one's:
 /// the completed exceptions, the store and its chunk geometry (upstream
@@ -63,6 +69,9 @@ pub(crate) struct Exceptions {
 pub(crate) struct Allocation {
     pub(crate) store: Store,
     pub(super) order: Order<Pending>,
+    /// A copy completion is committing what the order yields: others only
+    /// record theirs, and it commits them too (see `Snap::copy_done`).
+    pub(super) committing: bool,
 }
 
 /// Snapshot state read per chunk and written rarely (`s->lock`).
@@ -193,6 +202,7 @@ impl Snap {
                     Allocation {
                         store: a.store,
                         order: Order::new(),
+                        committing: false,
                     },
                     "dm_snap_rs:pe_allocation"
                 ),
@@ -360,10 +370,26 @@ impl Snap {
             Store::Transient(_) => return Ok(()),
         };
         let table = &st.exc.complete;
+        // A bulk load from sorted batches: exceptions come in allocation
+        // order, scattered over the origin; sorted (first come first among
+        // equal chunks, whose first mapping wins), they go in shard by
+        // shard, each run under one lock down the same few nodes.
+        let mut batch = VVec::with_capacity(LOAD_BATCH, GFP_KERNEL)?;
+        let flush = |b: &mut VVec<(Chunk, Chunk, usize)>| -> Result {
+            sort_by_key(b, |&(old, _, seq)| (old, seq));
+            let r = table.insert_sorted(b, |&(old, new, _)| (old, new));
+            b.clear_keep();
+            r
+        };
         pio.read_exceptions(&self.cow, st.geometry(), &mut alloc, |old, new| {
-            let e = table.new_exception(old, new).ok_or(ENOMEM)?;
-            table.insert(e)
+            let seq = batch.len();
+            batch.push((old, new, seq), GFP_KERNEL)?;
+            if batch.len() == LOAD_BATCH {
+                flush(&mut batch)?;
+            }
+            Ok(())
         })?;
+        flush(&mut batch)?;
         if let Store::Persistent { alloc: a, .. } = &mut st.alloc().store {
             *a = alloc;
         }

@@ -18,6 +18,7 @@
 //! [`PersistentIo::commit_merge`]: super::persistent::PersistentIo::commit_merge
 
 use super::cow::Snap;
+use super::registry::copy_for_write;
 use crate::dm::kcopyd::{CopyJob, Region};
 use crate::logic::chunk::Chunk;
 use crate::logic::exception_table::RemoveChunkError;
@@ -66,9 +67,7 @@ impl Snap {
         let mut must_wait = false;
         let mut n = 0;
         while n < size {
-            for t in snaps.iter() {
-                must_wait |= Snap::origin_write_one(t, sector + n, &mut None).0;
-            }
+            must_wait |= copy_for_write(snaps, sector + n, &mut None);
             n += step;
         }
         must_wait

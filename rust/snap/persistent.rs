@@ -37,19 +37,98 @@ struct Commit {
     valid: bool,
 }
 
-/// Reads metadata areas through dm-io into the commit buffer.
+/// Reads metadata areas through dm-io, many at a time: their positions are
+/// known up front (every `stride` chunks), so a window of the next areas is
+/// read with all its reads in flight, growing from one area (a new or small
+/// COW reads little beyond its last area) to [`MAX_WINDOW_BYTES`].
 struct AreaIo<'a> {
     io: &'a DmIo,
     cow: &'a TableDev,
     g: ChunkGeometry,
-    buf: &'a mut IoBuf,
+    /// The areas read, one chunk each.
+    buf: IoBuf,
+    /// First chunk of the window, and how many areas it holds.
+    first: Chunk,
+    len: u64,
+    /// Areas to read next time, and at most.
+    next: u64,
+    max: u64,
+    stride: u64,
+    dev_chunks: u64,
+    /// Offset in `buf` of the area last returned.
+    last: usize,
+}
+
+/// Most bytes of metadata read at once at activation.
+const MAX_WINDOW_BYTES: usize = 1 << 20;
+
+impl<'a> AreaIo<'a> {
+    fn new(io: &'a DmIo, cow: &'a TableDev, g: ChunkGeometry) -> Result<Self> {
+        let cb = chunk_bytes(g.sectors());
+        let max = (MAX_WINDOW_BYTES / cb).clamp(1, 64) as u64;
+        Ok(Self {
+            io,
+            cow,
+            g,
+            buf: IoBuf::new(cb * max as usize)?,
+            first: 0,
+            len: 0,
+            next: 1,
+            max,
+            stride: area_location(1, g.sectors()) - area_location(0, g.sectors()),
+            dev_chunks: g.chunk_of(cow.nr_sectors()),
+            last: 0,
+        })
+    }
+
+    /// The area last returned by `read_area`.
+    fn last_area(&self) -> &[u8] {
+        let cb = chunk_bytes(self.g.sectors());
+        self.buf
+            .as_slice()
+            .get(self.last..self.last + cb)
+            .unwrap_or_default()
+    }
 }
 
 impl AreaReader for AreaIo<'_> {
     type Error = Error;
     fn read_area(&mut self, chunk: Chunk) -> Result<&[u8]> {
-        self.io.read(self.cow, self.g.sector_of(chunk), self.buf)?;
-        Ok(self.buf.as_slice())
+        let cb = chunk_bytes(self.g.sectors());
+        let d = chunk.wrapping_sub(self.first);
+        let i = if chunk >= self.first && d % self.stride == 0 && d / self.stride < self.len {
+            d / self.stride
+        } else {
+            // Areas from `chunk` on, as many as fit before the end.
+            let room = self.dev_chunks.saturating_sub(chunk).div_ceil(self.stride);
+            let mut n = self.next.min(room).max(1);
+            let at = self.g.sector_of(chunk);
+            let stride = self.g.sector_of(self.stride);
+            let r = self.io.read_strided(
+                self.cow,
+                at,
+                stride,
+                n as usize,
+                &mut self.buf,
+                cb * n as usize,
+            );
+            if r.is_err() && n > 1 {
+                // Only the area asked for counts: an error ahead of it
+                // (past the last area, maybe) must not fail the load.
+                n = 1;
+                self.next = 1;
+                self.io
+                    .read_strided(self.cow, at, stride, 1, &mut self.buf, cb)?;
+            } else {
+                r?;
+            }
+            self.first = chunk;
+            self.len = n;
+            self.next = (self.next * 2).min(self.max);
+            0
+        };
+        self.last = i as usize * cb;
+        Ok(self.last_area())
     }
 }
 
@@ -214,13 +293,7 @@ impl PersistentIo {
         alloc: &mut Allocator,
         mut add: impl FnMut(Chunk, Chunk) -> Result,
     ) -> Result {
-        let mut c = self.commit.lock();
-        let mut r = AreaIo {
-            io: &self.io,
-            cow,
-            g,
-            buf: &mut c.area,
-        };
+        let mut r = AreaIo::new(&self.io, cow, g)?;
         let dev_chunks = g.chunk_of(cow.nr_sectors());
         let end = walk_metadata(&mut r, g.sectors(), dev_chunks, |_, _, old, new| {
             alloc.saw(new);
@@ -230,6 +303,11 @@ impl PersistentIo {
             WalkError::Beyond { .. } => EIO,
             WalkError::Io(e) => e,
         })?;
+        let mut c = self.commit.lock();
+        // The last area, partly filled, is where commits go on.
+        for (d, s) in c.area.as_mut_slice().iter_mut().zip(r.last_area()) {
+            *d = *s;
+        }
         c.committer.current_area = end.area;
         c.committer.current_committed = end.entries;
         alloc.finish_read(g.sectors());

@@ -15,7 +15,7 @@
 //! The registry holds a reference to each registered snapshot; a snapshot
 //! unregisters itself (under the write lock) in its target's teardown.
 
-use super::copy::PendingTicket;
+use super::copy::SharedCopy;
 use super::cow::Snap;
 use crate::dm::mempool::Slab;
 use crate::dm::{BdevKey, OwnedBio, TargetRef};
@@ -365,16 +365,52 @@ pub(crate) fn do_origin(
 fn origin_write(o: &OriginSnaps, bio: OwnedBio) -> Option<OwnedBio> {
     let sector = bio.sector();
     let mut bio = Some(bio);
-    let mut start_last: Option<(&Snap, PendingTicket)> = None;
+    copy_for_write(o, sector, &mut bio);
+    bio
+}
+
+/// Makes every snapshot of `o` copy the chunk holding `sector` before it is
+/// written (`__origin_write`), queueing `bio`, if any, on the first copy it
+/// needs; true if a copy of it is in flight there (found or started).
+/// Holds the registry lock.
+pub(crate) fn copy_for_write(o: &OriginSnaps, sector: u64, bio: &mut Option<OwnedBio>) -> bool {
+    // Snapshots are sorted by chunk size, so those that can share a copy
+    // (one origin read for all their COWs) come one after another.
+    let mut batch = SharedCopy::new();
+    let mut last: Option<SharedCopy> = None;
+    let mut in_flight = false;
     for s in o.iter() {
-        if let (_, Some(t)) = Snap::origin_write_one(s, sector, &mut bio) {
-            start_last = Some((s, t));
+        let (busy, created) = Snap::origin_write_one(s, sector, bio);
+        in_flight |= busy;
+        let Some((t, waits)) = created else {
+            continue;
+        };
+        if let Err(t) = batch.add(t, waits) {
+            let full = core::mem::replace(&mut batch, SharedCopy::new());
+            start_or_defer(full, &mut last);
+            // Empty now: the first one always goes in.
+            if let Err(t) = batch.add(t, waits) {
+                let mut one = SharedCopy::new();
+                let _ = one.add(t, waits);
+                start_or_defer(one, &mut last);
+            }
         }
     }
+    start_or_defer(batch, &mut last);
     // The copy the write waits on starts last, as upstream's
     // `pe_to_start_last`: the others are under way by then.
-    if let Some((s, t)) = start_last {
-        s.start_copy(t);
+    if let Some(b) = last {
+        b.start();
     }
-    bio
+    in_flight
+}
+
+/// Starts `b`, unless the origin write waits on it: that one is kept in
+/// `last`, to start after all the others.
+fn start_or_defer(b: SharedCopy, last: &mut Option<SharedCopy>) {
+    if b.waits() && last.is_none() {
+        *last = Some(b);
+    } else {
+        b.start();
+    }
 }

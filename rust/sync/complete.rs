@@ -41,6 +41,9 @@ enum Shape {
     Hash(Raw),
 }
 
+/// Most inserts of a bulk load under one lock hold.
+const BULK_RUN: usize = 256;
+
 /// Completed exceptions, owned by the table.
 pub struct CompleteTable {
     shape: Shape,
@@ -197,6 +200,48 @@ impl CompleteTable {
                 Err(InsertError::Unrepresentable) => return Err(EINVAL),
             }
         }
+    }
+
+    /// Inserts a batch of exceptions `(origin chunk, COW chunk)` sorted by
+    /// origin chunk (for equal ones, the first to win first), with no lock
+    /// held: a bulk load at activation. Consecutive chunks of one shard go
+    /// in under one lock hold (at most [`BULK_RUN`] of them, to keep the
+    /// spin short) and descend the same few nodes, which stay in cache.
+    /// May sleep.
+    pub fn insert_sorted<T>(&self, batch: &[T], chunks: impl Fn(&T) -> (Chunk, Chunk)) -> Result {
+        let Shape::Index { ix, .. } = &self.shape else {
+            for (old, new) in batch.iter().map(&chunks) {
+                self.insert(self.new_exception(old, new).ok_or(ENOMEM)?)?;
+            }
+            return Ok(());
+        };
+        let mut rest = batch;
+        while let Some((first, _)) = rest.first().map(&chunks) {
+            let shard = ix.shard_of(first);
+            let mut s = ix.lock(first);
+            let mut done = 0;
+            let mut need = None;
+            for (old, new) in rest.iter().take(BULK_RUN).map(&chunks) {
+                if ix.shard_of(old) != shard {
+                    break;
+                }
+                match s.insert(old, new) {
+                    // As `index_insert`: the first mapping stays.
+                    Ok(()) | Err(IndexError::Present) => done += 1,
+                    Err(IndexError::NeedNodes(_)) => {
+                        need = Some(old);
+                        break;
+                    }
+                    Err(_) => return Err(EINVAL),
+                }
+            }
+            drop(s);
+            rest = rest.get(done..).unwrap_or_default();
+            if let Some(old) = need {
+                self.refill(old, 1);
+            }
+        }
+        Ok(())
     }
 
     /// Takes `chunk` out of the exception covering it, as a merge does

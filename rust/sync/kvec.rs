@@ -2,9 +2,9 @@
 //! emptying a vector in place, keeping its capacity (so that no teardown or
 //! I/O path allocates).
 
-use kernel::prelude::*;
+use kernel::alloc::{Allocator, Vec};
 
-/// Extra `KVec` operations.
+/// Extra `KVec` (and `VVec`) operations.
 pub trait KVecExt<T> {
     /// Removes element `i`, keeping the order of the others.
     fn remove_at(&mut self, i: usize) -> Option<T>;
@@ -14,7 +14,7 @@ pub trait KVecExt<T> {
     fn clear_keep(&mut self);
 }
 
-impl<T> KVecExt<T> for KVec<T> {
+impl<T, A: Allocator> KVecExt<T> for Vec<T, A> {
     fn remove_at(&mut self, i: usize) -> Option<T> {
         let n = self.len();
         if i >= n {

@@ -16,6 +16,9 @@
 //!   `P` is reached only through the locked bucket ([`ChunkBuckets`]).
 //! - [`Order`]: the allocation order copies complete in (see
 //!   [`crate::logic::completion_order`]), holding tickets.
+//! - A ticket can carry the next one of a shared copy ([`Ticket::link`]):
+//!   one origin read written to several snapshots' COWs travels through
+//!   dm-kcopyd as a chain of tickets, possibly of different tables.
 //!
 //! Misuse (a ticket dropped instead of removed, a box dropped while in an
 //! order) leaks the entry rather than freeing memory still linked; the
@@ -31,7 +34,7 @@ use crate::logic::completion_order::{CompletionOrder, OrderLink, Ordered, Ready}
 use crate::logic::exception_table::{BucketLock, Exception, ExceptionTable};
 use core::cell::UnsafeCell;
 use core::ptr::{self, NonNull};
-use core::sync::atomic::{AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 use kernel::ffi::c_void;
 use kernel::prelude::*;
 
@@ -110,6 +113,9 @@ struct Entry<P: PendingData> {
     /// Id of the [`Order`] the entry is in, 0 for none.
     in_order: AtomicUsize,
     full: FullBioSlot,
+    /// The next ticket of a shared copy, owned through this link (its
+    /// entry may belong to another table); null for none.
+    next: AtomicPtr<Entry<P>>,
     /// Under the bucket lock while in the table; the owner's otherwise.
     data: UnsafeCell<P>,
 }
@@ -162,6 +168,7 @@ impl<P: PendingData> PendingTable<P> {
             order: UnsafeCell::new(OrderLink::new()),
             in_order: AtomicUsize::new(0),
             full: FullBioSlot::new(),
+            next: AtomicPtr::new(ptr::null_mut()),
             data: UnsafeCell::new(data),
         }
     }
@@ -310,6 +317,34 @@ impl<P: PendingData> Ticket<P> {
         // SAFETY: as in `old_chunk`; an atomic.
         unsafe { (*self.0.as_ptr()).in_order.load(Ordering::Acquire) }
     }
+
+    fn next_slot(&self) -> &AtomicPtr<Entry<P>> {
+        // SAFETY: as in `old_chunk`; an atomic, shared only through `&`.
+        unsafe { &*ptr::addr_of!((*self.0.as_ptr()).next) }
+    }
+
+    /// Makes this ticket own `next` (the next destination of a shared
+    /// copy); gives `next` back if one is linked already.
+    pub fn link(&self, next: Ticket<P>) -> Result<(), Ticket<P>> {
+        let n = core::mem::ManuallyDrop::new(next);
+        match self.next_slot().compare_exchange(
+            ptr::null_mut(),
+            n.0.as_ptr(),
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ) {
+            Ok(_) => Ok(()),
+            Err(_) => Err(core::mem::ManuallyDrop::into_inner(n)),
+        }
+    }
+
+    /// Takes back the ticket linked by [`Ticket::link`], if any. Call it
+    /// before this ticket is removed from its table, or the link is lost.
+    pub fn unlink(&self) -> Option<Ticket<P>> {
+        let p = self.next_slot().swap(ptr::null_mut(), Ordering::AcqRel);
+        // The link held the ticket's ownership since `link`.
+        NonNull::new(p).map(Ticket)
+    }
 }
 
 impl<P: PendingData> Drop for Ticket<P> {
@@ -413,10 +448,11 @@ impl<'a, P: PendingData> ChunkBuckets<'a, P> {
     }
 
     /// Takes the entry of `t` out of its bucket, this one, and gives it
-    /// back to its owner; gives the ticket back if it is not here or still
-    /// in an [`Order`].
+    /// back to its owner; gives the ticket back if it is not here, still
+    /// in an [`Order`] or still linked to another ([`Ticket::link`]).
     pub fn pending_remove(&mut self, t: Ticket<P>) -> Result<PendingBox<P>, Ticket<P>> {
-        if !self.owns(t.home(), t.old_chunk()) || t.in_order() != 0 {
+        let linked = !t.next_slot().load(Ordering::Acquire).is_null();
+        if !self.owns(t.home(), t.old_chunk()) || t.in_order() != 0 || linked {
             return Err(t);
         }
         if !self.pair.pending_mut().remove(t.0.cast()) {
@@ -498,6 +534,13 @@ impl<P: PendingData> Default for Order<P> {
 
 /// Tickets taken out of an [`Order`], finished, oldest first.
 pub struct ReadyTickets<P: PendingData>(Ready<Entry<P>>);
+
+impl<P: PendingData> ReadyTickets<P> {
+    /// Nothing (more) to yield.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
 
 impl<P: PendingData> Iterator for ReadyTickets<P> {
     type Item = (Ticket<P>, bool);

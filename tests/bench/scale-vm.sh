@@ -11,10 +11,10 @@
 # origin with K = 1, 2, 4, 8 transient snapshots. One line per measure:
 # "RESULT round driver measure size value".
 . /payload/tests/vm/lib.sh
-SIZES=${SIZES:-1048576 4194304} ROUNDS=${ROUNDS:-2} SMP=${SMP:-$(nproc)} RUNTIME=${RUNTIME:-5}
+SIZES=${SIZES-1048576 4194304} SNAPS=${SNAPS-1 2 4 8} ROUNDS=${ROUNDS:-2} SMP=${SMP:-$(nproc)} RUNTIME=${RUNTIME:-5}
 . /payload/tests/bench/fiorun.sh
 TOOL=/payload/files/dm-snap-cow KO_PERF=/payload/files/dm_snap_rs.ko
-load() { if [ $1 = c ]; then load_c; else unload_drivers; insmod $KO_PERF; fi; }
+load() { if [ $1 = c ]; then load_c; else unload_drivers; insmod $KO_PERF $RSPARAMS; fi; }
 mem_kb() { awk '/^(Slab|VmallocUsed):/ { s += $2 } END { print s }' /proc/meminfo; }
 now_cs() { awk '{ printf "%d", $1 * 100 }' /proc/uptime; }
 result() { echo "RESULT $*"; }
@@ -46,11 +46,12 @@ for n in $SIZES; do
 done
 
 # First writes with K snapshots of one origin (N store): each first write
-# of a chunk copies it to every snapshot.
+# of a chunk copies it to every snapshot (C: one copy each; dm_snap_rs:
+# one shared copy for up to 8, unless RSPARAMS=snapshot_shared_copy=0).
 REGION_MB=${REGION_MB:-256}
 O=$(nb fo $((REGION_MB * SMP + 16)) 0)
 S=$(blockdev --getsz $O)
-for k in 1 2 4 8; do
+for k in $SNAPS; do
 	i=1; while [ $i -le $k ]; do nb fc$i $((REGION_MB * SMP + 16)) 0 >/dev/null; i=$((i + 1)); done
 	r=1
 	while [ $r -le $ROUNDS ]; do

@@ -121,3 +121,23 @@ fn kernel_number_parsers() {
     assert_eq!(scan_uint(b"2 "), None);
     assert_eq!(scan_uint(b"-1"), Some(u32::MAX));
 }
+
+#[path = "../common/rng.rs"]
+mod rng;
+
+#[test]
+fn heapsort_sorts_like_std_and_keeps_first_among_equal_keys_by_position() {
+    use dm_snap_logic::sort::sort_by_key;
+    let mut r = rng::Rng(5);
+    for n in [0usize, 1, 2, 3, 7, 64, 1000, 16384] {
+        // Few distinct chunks, so equal ones are common: the position
+        // breaks ties, as the bulk load uses it.
+        let mut v: Vec<(u64, u64, usize)> = (0..n)
+            .map(|i| (r.next() % (n as u64 / 2 + 1), r.next(), i))
+            .collect();
+        let mut want = v.clone();
+        want.sort_by_key(|&(o, _, i)| (o, i));
+        sort_by_key(&mut v, |&(o, _, i)| (o, i));
+        assert_eq!(v, want, "n = {n}");
+    }
+}
