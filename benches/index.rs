@@ -13,6 +13,7 @@ use dm_snap_logic::chunk::{table_sizes, MAX_TABLE_BYTES};
 use dm_snap_logic::exception_index::{CowLayout, ExceptionIndex, IndexError};
 use dm_snap_logic::exception_table::{Exception, ExceptionTable, SpinBit};
 use dm_snap_logic::index_node::{Node, NODE_BYTES};
+use dm_snap_logic::sort::radix_sort_by_key;
 use std::alloc::{alloc_zeroed, dealloc, Layout};
 use std::hint::black_box;
 use std::ptr::NonNull;
@@ -130,6 +131,70 @@ fn bench_index(n: u64, olds: &[u64], hits: &[u64], misses: &[u64]) -> Row {
     row
 }
 
+/// Activation's load: the same exceptions in allocation order, in batches
+/// of 16,384 sorted by origin chunk (the kernel's radix sort), each shard's
+/// stretch through `insert_sorted` (the kernel's
+/// `CompleteTable::insert_sorted`). Its insert figure includes the sort.
+fn bench_bulk(n: u64, olds: &[u64], hits: &[u64], misses: &[u64]) -> Row {
+    let layout = CowLayout::persistent(8);
+    let ix =
+        Index::new((0..SHARDS).map(|_| AtomicUsize::new(0)).collect(), layout).expect("shards");
+    let t = Instant::now();
+    let mut batch = Vec::with_capacity(16384);
+    let mut scratch = vec![(0, 0); 16384];
+    for (b, part) in olds.chunks(16384).enumerate() {
+        let base = b as u64 * 16384;
+        batch.clear();
+        batch.extend(
+            part.iter()
+                .enumerate()
+                .map(|(i, &o)| (o, layout.cow(base + i as u64))),
+        );
+        radix_sort_by_key(&mut batch, &mut scratch, |&(o, _)| o);
+        let mut rest = &batch[..];
+        while let Some(&(first, _)) = rest.first() {
+            let shard = ix.shard_of(first);
+            let k = rest
+                .iter()
+                .take(256)
+                .position(|t| ix.shard_of(t.0) != shard);
+            let k = k.unwrap_or(rest.len().min(256));
+            let (done, r) = ix.lock(first).insert_sorted(&rest[..k], |&(o, c)| (o, c));
+            rest = &rest[done..];
+            if let Err(IndexError::NeedNodes(m)) = r {
+                let mut s = ix.lock(first);
+                for _ in 0..m {
+                    // SAFETY: a fresh zeroed node, freed by `drain`.
+                    unsafe { s.give(node()) };
+                }
+            }
+        }
+    }
+    let insert_ns = per_op(t, olds.len());
+    let t = Instant::now();
+    for &o in hits {
+        assert!(black_box(ix.lock(o).lookup(o)).is_some());
+    }
+    let hit_ns = per_op(t, hits.len());
+    let t = Instant::now();
+    for &o in misses {
+        assert!(black_box(ix.lock(o).lookup(o)).is_none());
+    }
+    let miss_ns = per_op(t, misses.len());
+    let s = ix.stats();
+    assert_eq!(s.chunks, n);
+    let row = Row {
+        what: "index-bulk",
+        n,
+        insert_ns,
+        hit_ns,
+        miss_ns,
+        bytes_per: (s.nodes * NODE_BYTES + SHARDS * 8) as f64 / n as f64,
+    };
+    free(ix);
+    row
+}
+
 fn free(mut ix: Index) {
     // SAFETY: every node came from `node()` with this layout; drained, it
     // is no longer in the index.
@@ -215,6 +280,7 @@ fn main() {
         let (olds, misses) = workload(n, n ^ 0x9e37);
         let hits = probes(&olds, 17);
         rows.push(bench_index(n, &olds, &hits, &misses));
+        rows.push(bench_bulk(n, &olds, &hits, &misses));
         rows.push(bench_table(n, &olds, &hits, &misses));
     }
     rows.push(sequential(*sizes.last().unwrap_or(&(1 << 20))));

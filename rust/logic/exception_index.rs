@@ -40,8 +40,8 @@ use super::chunk::Chunk;
 use super::disk_format::exceptions_per_area;
 use super::exception_table::{BucketLock, ExceptionTable, Locked};
 use super::index_node::{
-    free_tree, insert_at, key_of, remove_at, single, tree_stats, val_of, Node, DENSE_MASK, END,
-    INNER_CAP, LEAF_CAP, START,
+    free_tree, insert_at, key_of, pack, remove_at, single, tree_stats, val_of, Node, DENSE_MASK,
+    END, INNER_CAP, LEAF_CAP, START,
 };
 use core::marker::PhantomData;
 use core::mem::ManuallyDrop;
@@ -499,6 +499,158 @@ impl<L: BucketLock> ShardRef<'_, L> {
         }
     }
 
+    /// Inserts `items` (by `chunks`: origin and COW chunk), sorted by
+    /// origin chunk, all of this shard; of equal chunks, and for a chunk
+    /// the index has already, the first mapping stays (the rest are
+    /// skipped, as [`insert`](ShardRef::insert) refuses them). Returns how
+    /// many items it consumed and, if it stopped before the end, why: on
+    /// [`IndexError::NeedNodes`], give the nodes and call again with the
+    /// rest.
+    ///
+    /// Why: activation loads millions of exceptions, and one insert at a
+    /// time pays a descent and a shift of the leaf's tail per exception.
+    /// Here the items of one leaf that join no run (all of them when the
+    /// COW was written randomly) go in with one pass from the leaf's end:
+    /// one descent and one tail move per leaf and batch. An item that
+    /// joins a run, or a full leaf, takes the single insert.
+    pub fn insert_sorted<T>(
+        &mut self,
+        items: &[T],
+        chunks: impl Fn(&T) -> (Chunk, Chunk),
+    ) -> (usize, Result<(), IndexError>) {
+        let mut done = 0;
+        while done < items.len() {
+            match self.insert_leaf_run(&items[done..], &chunks) {
+                Ok(0) => {
+                    let (old, cow) = chunks(&items[done]);
+                    match self.insert(old, cow) {
+                        Ok(()) | Err(IndexError::Present) => done += 1,
+                        Err(e) => return (done, Err(e)),
+                    }
+                }
+                Ok(n) => done += n,
+                Err(e) => return (done, Err(e)),
+            }
+        }
+        (done, Ok(()))
+    }
+
+    /// The key and dense COW number an insert of `(chunk, cow)` stores.
+    fn slot_of(&self, chunk: Chunk, cow: Chunk) -> Result<(u32, u32), IndexError> {
+        let key = u32::try_from(chunk).map_err(|_| IndexError::OutOfRange)?;
+        let dense = self
+            .layout
+            .dense(cow)
+            .filter(|&d| d <= u64::from(DENSE_MASK))
+            .ok_or(IndexError::OutOfRange)? as u32;
+        Ok((key, dense))
+    }
+
+    /// The longest prefix of `items` that [`insert_sorted`] can put into
+    /// the leaf of the first one in one pass, put there: items of that
+    /// leaf, each already present (skipped) or joining no run of the leaf
+    /// nor the item before it, as many as the leaf has free slots. Returns
+    /// how many it consumed; 0 if the first item needs the single insert.
+    ///
+    /// [`insert_sorted`]: ShardRef::insert_sorted
+    fn insert_leaf_run<T>(
+        &mut self,
+        items: &[T],
+        chunks: &impl Fn(&T) -> (Chunk, Chunk),
+    ) -> Result<usize, IndexError> {
+        let Some(first) = items.first() else {
+            return Ok(0);
+        };
+        let (k0, _) = chunks(first);
+        let (path, leaf) = self.path_to(u32::try_from(k0).map_err(|_| IndexError::OutOfRange)?)?;
+        // Keys from `hi` on belong to leaves further right: the tightest
+        // separator above the way down.
+        let hi = path.steps[..path.depth]
+            .iter()
+            // SAFETY: inner nodes of the locked shard's tree.
+            .filter_map(|&(n, i)| unsafe { (i < (*n).len()).then(|| (*n).slots[i]) })
+            .min()
+            .unwrap_or(u64::MAX);
+        // SAFETY: a leaf of the locked shard's tree, ours to change.
+        let leaf = unsafe { &mut *leaf };
+        let len = leaf.len();
+        let free = LEAF_CAP - len;
+        // What the old slot before position `p` says of key `k`.
+        let present = |leaf: &Node, p: usize, k: u32| {
+            p.checked_sub(1)
+                .map(|j| leaf.slots[j])
+                .is_some_and(|s| key_of(s) == k || val_of(s) & START != 0)
+        };
+        // Pass 1: how far the run goes, and how many slots it adds.
+        let (mut end, mut adds) = (0, 0);
+        // The previous item's key, and its mapping if it is new here.
+        let mut last: Option<u32> = None;
+        let mut prev: Option<(u32, u32)> = None;
+        for item in items {
+            let (old, cow) = chunks(item);
+            let (k, d) = self.slot_of(old, cow)?;
+            if u64::from(k) >= hi {
+                break;
+            }
+            if last == Some(k) {
+                // A later mapping of the same chunk: skipped.
+                end += 1;
+                continue;
+            }
+            last = Some(k);
+            let p = leaf.leaf_upper(k);
+            if present(leaf, p, k) {
+                prev = None;
+                end += 1;
+                continue;
+            }
+            let joins_prev = prev.is_some_and(|(pk, pd)| pk + 1 == k && pd + 1 == d);
+            let joins_left = p.checked_sub(1).map(|j| leaf.slots[j]).is_some_and(|s| {
+                val_of(s) & START == 0 && key_of(s) + 1 == k && (val_of(s) & DENSE_MASK) + 1 == d
+            });
+            let joins_right = (p < len).then(|| leaf.slots[p]).is_some_and(|s| {
+                val_of(s) & END == 0
+                    && u64::from(k) + 1 == u64::from(key_of(s))
+                    && d + 1 == val_of(s) & DENSE_MASK
+            });
+            if joins_prev || joins_left || joins_right || adds == free {
+                break;
+            }
+            adds += 1;
+            prev = Some((k, d));
+            end += 1;
+        }
+        if adds == 0 {
+            // Nothing to move: only skips (consumed), or nothing at all.
+            return Ok(end);
+        }
+        // Pass 2, from the end: the old slots above each new key move up
+        // (one `copy_within` per gap) by the new slots still to place
+        // below them; the old slots at or below the first new key stay.
+        // `slots[..r]` is still the old leaf's start, where each new key's
+        // place is found as in pass 1.
+        let (mut r, mut w) = (len, len + adds);
+        for j in (0..end).rev() {
+            let (old, cow) = chunks(&items[j]);
+            let (k, d) = self.slot_of(old, cow)?;
+            if j > 0 && key_of_item(chunks, &items[j - 1]) == Some(k) {
+                continue;
+            }
+            let p = leaf.slots[..r].partition_point(|&s| key_of(s) <= k);
+            if present(leaf, p, k) {
+                continue;
+            }
+            let up = w - r;
+            leaf.slots.copy_within(p..r, p + up);
+            r = p;
+            w = p + up - 1;
+            leaf.slots[w] = pack(k, d);
+        }
+        debug_assert_eq!(w, r);
+        leaf.len += adds as u32;
+        Ok(end)
+    }
+
     /// Takes origin chunk `chunk` out of the index (a merge copied it
     /// back), from anywhere in its run.
     pub fn remove(&mut self, chunk: Chunk) -> Result<(), IndexError> {
@@ -603,4 +755,9 @@ impl<L: BucketLock> ShardRef<'_, L> {
         self.set_root(root);
         Ok(())
     }
+}
+
+/// The index key of an item's origin chunk, if it has one.
+fn key_of_item<T>(chunks: &impl Fn(&T) -> (Chunk, Chunk), item: &T) -> Option<u32> {
+    u32::try_from(chunks(item).0).ok()
 }

@@ -27,7 +27,7 @@ use crate::logic::chunk::{
     complete_hash_shift, table_sizes, Chunk, ChunkGeometry, MAX_TABLE_BYTES,
 };
 use crate::logic::exception_index::CowLayout;
-use crate::logic::sort::sort_by_key;
+use crate::logic::sort::radix_sort_by_key;
 use crate::new_rwsem;
 use crate::sync::complete::{CompleteBucket, CompleteTable};
 use crate::sync::tables::{ChunkBuckets, Order, PendingTable};
@@ -371,19 +371,19 @@ impl Snap {
         };
         let table = &st.exc.complete;
         // A bulk load from sorted batches: exceptions come in allocation
-        // order, scattered over the origin; sorted (first come first among
-        // equal chunks, whose first mapping wins), they go in shard by
-        // shard, each run under one lock down the same few nodes.
+        // order, scattered over the origin; sorted by a stable radix sort
+        // (equal chunks keep their order, and the first mapping wins), they
+        // go in shard by shard, a leaf's share in one pass.
         let mut batch = VVec::with_capacity(LOAD_BATCH, GFP_KERNEL)?;
-        let flush = |b: &mut VVec<(Chunk, Chunk, usize)>| -> Result {
-            sort_by_key(b, |&(old, _, seq)| (old, seq));
-            let r = table.insert_sorted(b, |&(old, new, _)| (old, new));
+        let mut scratch = VVec::from_elem((0, 0), LOAD_BATCH, GFP_KERNEL)?;
+        let mut flush = |b: &mut VVec<(Chunk, Chunk)>| -> Result {
+            radix_sort_by_key(b, &mut scratch, |&(old, _)| old);
+            let r = table.insert_sorted(b, |&(old, new)| (old, new));
             b.clear_keep();
             r
         };
         pio.read_exceptions(&self.cow, st.geometry(), &mut alloc, |old, new| {
-            let seq = batch.len();
-            batch.push((old, new, seq), GFP_KERNEL)?;
+            batch.push((old, new), GFP_KERNEL)?;
             if batch.len() == LOAD_BATCH {
                 flush(&mut batch)?;
             }

@@ -219,22 +219,17 @@ impl CompleteTable {
         while let Some((first, _)) = rest.first().map(&chunks) {
             let shard = ix.shard_of(first);
             let mut s = ix.lock(first);
-            let mut done = 0;
-            let mut need = None;
-            for (old, new) in rest.iter().take(BULK_RUN).map(&chunks) {
-                if ix.shard_of(old) != shard {
-                    break;
-                }
-                match s.insert(old, new) {
-                    // As `index_insert`: the first mapping stays.
-                    Ok(()) | Err(IndexError::Present) => done += 1,
-                    Err(IndexError::NeedNodes(_)) => {
-                        need = Some(old);
-                        break;
-                    }
-                    Err(_) => return Err(EINVAL),
-                }
-            }
+            let n = rest
+                .iter()
+                .take(BULK_RUN)
+                .position(|t| ix.shard_of(chunks(t).0) != shard)
+                .unwrap_or(rest.len().min(BULK_RUN));
+            let (done, r) = s.insert_sorted(rest.get(..n).unwrap_or(rest), &chunks);
+            let need = match r {
+                Ok(()) => None,
+                Err(IndexError::NeedNodes(_)) => rest.get(done).map(|t| chunks(t).0),
+                Err(_) => return Err(EINVAL),
+            };
             drop(s);
             rest = rest.get(done..).unwrap_or_default();
             if let Some(old) = need {

@@ -42,6 +42,31 @@ for n in $SIZES; do
 		done
 		r=$((r + 1))
 	done
+	if [ "${PROFILE:-0}" = 1 ]; then
+		# Where an activation's time goes: perf, system wide, while one
+		# snapshot of this COW is created; reported by symbol, with and
+		# without callees, each line prefixed for the host.
+		for d in rs c; do
+			load $d
+			echo "0 $S snapshot-origin $O" | dmsetup create so
+			sync; echo 3 >/proc/sys/vm/drop_caches
+			echo 0 >/proc/sys/kernel/kptr_restrict
+			perf record -q -a -g -F 2000 -e cpu-clock -o /tmp/act.data >/dev/null 2>&1 &
+			pp=$!; sleep 2
+			t0=$(now_cs)
+			snap_create so ss "0 $S snapshot $O $C P 8" || { echo "activation failed"; exit 1; }
+			t1=$(now_cs)
+			kill -INT $pp; wait $pp
+			echo "PROFILE ==== $d: activation of $n exceptions, $((t1 - t0)) cs, under perf"
+			for mode in --no-children --children; do
+				echo "PROFILE ---- $d $n: perf report $mode (by symbol, >= 0.5%)"
+				perf report -i /tmp/act.data --stdio $mode --sort sym -g none --percent-limit 0.5 2>/dev/null |
+					grep -v '^#' | grep -v '^$' | sed 's/^/PROFILE /'
+			done
+			rm -f /tmp/act.data
+			dmsetup remove ss; dmsetup remove so
+		done
+	fi
 	unload_drivers; nullb_remove so; nullb_remove sc
 done
 

@@ -206,6 +206,119 @@ fn model_check() {
     }
 }
 
+/// Loads `batch` as activation does: sorted by origin chunk (first come
+/// first among equals), each shard's stretch through `insert_sorted`,
+/// nodes given when asked.
+fn bulk(ix: &Index, batch: &[(u64, u64)]) -> Result<(), IndexError> {
+    let mut v: Vec<(u64, u64, usize)> = batch
+        .iter()
+        .enumerate()
+        .map(|(i, &(o, c))| (o, c, i))
+        .collect();
+    v.sort_by_key(|&(o, _, i)| (o, i));
+    let mut rest = &v[..];
+    while let Some(&(first, _, _)) = rest.first() {
+        let shard = ix.shard_of(first);
+        let n = rest
+            .iter()
+            .position(|t| ix.shard_of(t.0) != shard)
+            .unwrap_or(rest.len());
+        let (done, r) = ix
+            .lock(first)
+            .insert_sorted(&rest[..n], |&(o, c, _)| (o, c));
+        rest = &rest[done..];
+        match r {
+            Ok(()) => assert_eq!(done, n),
+            Err(IndexError::NeedNodes(k)) => {
+                assert!(k > 0 && k <= 8, "asks for {k} nodes");
+                let mut s = ix.lock(first);
+                for _ in 0..k {
+                    unsafe { s.give(node()) };
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// The bulk load gives what one insert at a time gives: the first mapping
+/// of a chunk wins (in the batch and against what the index holds), runs
+/// join across the batch and the old slots, and every lookup agrees with
+/// a model, for random, sequential and mixed batches over an index that
+/// already holds runs and singles.
+#[test]
+fn bulk_load_matches_single_inserts() {
+    let layout = CowLayout::persistent(8);
+    for (shards, span, seed) in [(1, 5000u64, 3u64), (4, 100_000, 11), (16, 1 << 22, 5)] {
+        let bulk_ix = index(shards, layout);
+        let one_ix = index(shards, layout);
+        let mut model: BTreeMap<u64, u64> = BTreeMap::new();
+        let mut rng = Rng(seed);
+        let mut dense = 0u64;
+        for round in 0..8 {
+            let mut batch = Vec::new();
+            for _ in 0..20_000 {
+                let r = rng.next();
+                let old = r % span;
+                match (r >> 56) % 4 {
+                    // A sequential stretch: one run.
+                    0 => {
+                        for k in 0..(r >> 40) % 40 + 1 {
+                            batch.push(((old + k) % span, layout.cow(dense)));
+                            dense += 1;
+                        }
+                    }
+                    // A chunk mapped again (first mapping stays).
+                    1 if !batch.is_empty() => {
+                        let (o, _) = batch[(r >> 20) as usize % batch.len()];
+                        batch.push((o, layout.cow(dense)));
+                        dense += 1;
+                    }
+                    _ => {
+                        batch.push((old, layout.cow(dense)));
+                        dense += 1;
+                    }
+                }
+            }
+            for &(o, c) in &batch {
+                model.entry(o).or_insert(c);
+                let _ = insert(&one_ix, o, c);
+            }
+            bulk(&bulk_ix, &batch).unwrap();
+            let (b, o) = (bulk_ix.stats(), one_ix.stats());
+            assert_eq!(b.chunks, model.len() as u64, "round {round}");
+            assert_eq!(o.chunks, model.len() as u64, "round {round}");
+            // Runs join as with single inserts (leaf edges may differ).
+            assert!(b.slots <= o.slots + o.slots / 50 + 8, "{b:?} vs {o:?}");
+        }
+        for o in (0..span).step_by((span / 50_000).max(1) as usize) {
+            assert_eq!(lookup(&bulk_ix, o), model.get(&o).copied(), "chunk {o}");
+        }
+        for (&o, &c) in &model {
+            assert_eq!(lookup(&bulk_ix, o), Some(c));
+        }
+        drain(bulk_ix);
+        drain(one_ix);
+    }
+}
+
+/// A sequential COW bulk-loaded is one run per shard range, as inserted
+/// one by one.
+#[test]
+fn bulk_load_of_sequential_chunks_is_runs() {
+    let layout = CowLayout::persistent(8);
+    let ix = index(2, layout);
+    let n: u64 = 1 << 18;
+    let batch: Vec<_> = (0..n).map(|o| (o, layout.cow(o))).collect();
+    for part in batch.chunks(16384) {
+        bulk(&ix, part).unwrap();
+    }
+    let s = ix.stats();
+    assert_eq!((s.chunks, s.runs as u64), (n, n >> RANGE_SHIFT), "{s:?}");
+    drain(ix);
+}
+
 #[test]
 fn random_exceptions_cost_at_most_12_bytes() {
     let ix = index(256, CowLayout::transient());

@@ -126,18 +126,32 @@ fn kernel_number_parsers() {
 mod rng;
 
 #[test]
-fn heapsort_sorts_like_std_and_keeps_first_among_equal_keys_by_position() {
-    use dm_snap_logic::sort::sort_by_key;
-    let mut r = rng::Rng(5);
-    for n in [0usize, 1, 2, 3, 7, 64, 1000, 16384] {
-        // Few distinct chunks, so equal ones are common: the position
-        // breaks ties, as the bulk load uses it.
-        let mut v: Vec<(u64, u64, usize)> = (0..n)
-            .map(|i| (r.next() % (n as u64 / 2 + 1), r.next(), i))
-            .collect();
+fn radix_sort_is_a_stable_sort_by_key() {
+    use dm_snap_logic::sort::radix_sort_by_key;
+    let mut r = rng::Rng(9);
+    for (n, span) in [
+        (0usize, 1u64),
+        (1, 1),
+        (2, 3),
+        (7, 5),
+        (1000, 300),
+        (16384, 1 << 22),
+        (5000, 1 << 40),
+        (3000, u64::MAX),
+    ] {
+        let mut v: Vec<(u64, usize)> = (0..n).map(|i| (r.next() % span.max(1), i)).collect();
+        if span == u64::MAX {
+            v.iter_mut().for_each(|e| e.0 = r.next());
+        }
         let mut want = v.clone();
-        want.sort_by_key(|&(o, _, i)| (o, i));
-        sort_by_key(&mut v, |&(o, _, i)| (o, i));
-        assert_eq!(v, want, "n = {n}");
+        want.sort_by_key(|&(o, _)| o); // std's sort_by_key is stable
+        let mut scratch = vec![(0, 0); n + 3];
+        radix_sort_by_key(&mut v, &mut scratch, |&(o, _)| o);
+        assert_eq!(v, want, "n = {n}, span = {span}");
     }
+    // Too short a scratch buffer: nothing moves.
+    let mut v = vec![(3u64, 0usize), (1, 1)];
+    radix_sort_by_key(&mut v, &mut [(0, 0)], |&(o, _)| o);
+    assert_eq!(v, [(3, 0), (1, 1)]);
 }
+
