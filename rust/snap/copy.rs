@@ -490,6 +490,15 @@ impl SharedCopy {
         }
     }
 
+    /// The copy of `t` alone, to which others may be added.
+    pub(crate) fn of(t: PendingTicket, waits: bool) -> Self {
+        let mut c = Self::new();
+        c.tickets[0] = Some(t);
+        c.len = 1;
+        c.waits = waits;
+        c
+    }
+
     /// Whether an origin write waits on one of the copies.
     pub(crate) fn waits(&self) -> bool {
         self.waits

@@ -40,8 +40,10 @@ use kernel::sync::lock::{spinlock::SpinLockBackend, Guard};
 use kernel::sync::{Arc, SpinLock};
 
 /// Exceptions sorted and inserted at once when a persistent COW is loaded
-/// (64 areas of 4 KiB chunks).
-const LOAD_BATCH: usize = 16384;
+/// (256 areas of 4 KiB chunks; the batch and the sort's other buffer take
+/// 1 MiB each while the COW loads). The more a leaf gets of one batch,
+/// the less of it moves per exception.
+const LOAD_BATCH: usize = 65536;
 
 /// What a handover moves from the old table's snapshot to the new one's:
 /// the completed exceptions, the store and its chunk geometry (upstream

@@ -386,14 +386,9 @@ pub(crate) fn copy_for_write(o: &OriginSnaps, sector: u64, bio: &mut Option<Owne
             continue;
         };
         if let Err(t) = batch.add(t, waits) {
-            let full = core::mem::replace(&mut batch, SharedCopy::new());
+            // It cannot share this batch: it begins the next one.
+            let full = core::mem::replace(&mut batch, SharedCopy::of(t, waits));
             start_or_defer(full, &mut last);
-            // Empty now: the first one always goes in.
-            if let Err(t) = batch.add(t, waits) {
-                let mut one = SharedCopy::new();
-                let _ = one.add(t, waits);
-                start_or_defer(one, &mut last);
-            }
         }
     }
     start_or_defer(batch, &mut last);
