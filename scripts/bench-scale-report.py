@@ -118,6 +118,8 @@ try:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     ms = [m for m in names if any(r["measure"] == m for r in rows)]
+    if not ms:
+        raise RuntimeError("no measurements to plot (a profile-only run)")
     fig, axes = plt.subplots(1, len(ms), figsize=(4.5 * len(ms), 3.8))
     for ax, m in zip(axes if len(ms) > 1 else [axes], ms):
         rs_ = [r for r in rows if r["measure"] == m]
