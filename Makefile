@@ -61,8 +61,10 @@ clippy: kernel
 	$(ROOT)/scripts/layer-check
 	+$(KMAKE) CLIPPY=1 modules
 
+# The files scripts/check holds to rustfmt, and the benches.
 fmt:
-	rustfmt --edition 2021 --config-path $(ROOT)/.rustfmt.toml rust/dm_snap.rs
+	rustfmt --edition 2021 --config-path $(ROOT)/.rustfmt.toml rust/dm_snap.rs \
+		rust/logic/mod.rs tests/unit/*.rs tools/*.rs benches/*.rs
 
 unit:
 	cargo test --quiet

@@ -154,4 +154,3 @@ fn radix_sort_is_a_stable_sort_by_key() {
     radix_sort_by_key(&mut v, &mut [(0, 0)], |&(o, _)| o);
     assert_eq!(v, [(3, 0), (1, 1)]);
 }
-
