@@ -108,27 +108,7 @@ fn bench_index(n: u64, olds: &[u64], hits: &[u64], misses: &[u64]) -> Row {
         assert!(index_insert(&ix, o, layout.cow(i as u64)));
     }
     let insert_ns = per_op(t, olds.len());
-    let t = Instant::now();
-    for &o in hits {
-        assert!(black_box(ix.lock(o).lookup(o)).is_some());
-    }
-    let hit_ns = per_op(t, hits.len());
-    let t = Instant::now();
-    for &o in misses {
-        assert!(black_box(ix.lock(o).lookup(o)).is_none());
-    }
-    let miss_ns = per_op(t, misses.len());
-    let s = ix.stats();
-    let row = Row {
-        what: "index",
-        n,
-        insert_ns,
-        hit_ns,
-        miss_ns,
-        bytes_per: (s.nodes * NODE_BYTES + SHARDS * 8) as f64 / n as f64,
-    };
-    free(ix);
-    row
+    index_row("index", n, insert_ns, ix, hits, misses)
 }
 
 /// Activation's load: the same exceptions in allocation order, in batches
@@ -171,6 +151,19 @@ fn bench_bulk(n: u64, olds: &[u64], hits: &[u64], misses: &[u64]) -> Row {
         }
     }
     let insert_ns = per_op(t, olds.len());
+    index_row("index-bulk", n, insert_ns, ix, hits, misses)
+}
+
+/// The row of an index holding `n` exceptions, built in `insert_ns` per
+/// exception: times its hit and miss lookups, counts its bytes, frees it.
+fn index_row(
+    what: &'static str,
+    n: u64,
+    insert_ns: f64,
+    ix: Index,
+    hits: &[u64],
+    misses: &[u64],
+) -> Row {
     let t = Instant::now();
     for &o in hits {
         assert!(black_box(ix.lock(o).lookup(o)).is_some());
@@ -184,7 +177,7 @@ fn bench_bulk(n: u64, olds: &[u64], hits: &[u64], misses: &[u64]) -> Row {
     let s = ix.stats();
     assert_eq!(s.chunks, n);
     let row = Row {
-        what: "index-bulk",
+        what,
         n,
         insert_ns,
         hit_ns,

@@ -458,12 +458,7 @@ impl<L: BucketLock> ShardRef<'_, L> {
     /// Records that origin chunk `chunk` is in COW chunk `cow`, joining the
     /// runs it extends.
     pub fn insert(&mut self, chunk: Chunk, cow: Chunk) -> Result<(), IndexError> {
-        let key = u32::try_from(chunk).map_err(|_| IndexError::OutOfRange)?;
-        let dense = self
-            .layout
-            .dense(cow)
-            .filter(|&d| d <= u64::from(DENSE_MASK))
-            .ok_or(IndexError::OutOfRange)? as u32;
+        let (key, dense) = self.slot_of(chunk, cow)?;
         loop {
             let (path, leaf) = self.path_to(key)?;
             // SAFETY: a leaf of the locked shard's tree, ours to change.
