@@ -93,6 +93,32 @@ for k in $SNAPS; do
 		done
 		r=$((r + 1))
 	done
+	if [ "${PROFILE:-0}" = 1 ]; then
+		# Where first writes with K snapshots spend their time: perf,
+		# system wide, over one fio run per driver.
+		for d in rs c; do
+			load $d
+			echo "0 $S snapshot-origin $O" | dmsetup create fo
+			i=1; while [ $i -le $k ]; do
+				snap_create fo fs$i "0 $S snapshot $O /dev/fc$i N 8" || exit 1
+				i=$((i + 1))
+			done
+			echo 0 >/proc/sys/kernel/kptr_restrict
+			perf record -q -a -g -F 2000 -e cpu-clock -o /tmp/fw.data >/dev/null 2>&1 &
+			pp=$!; sleep 2
+			iops=$(fiorun /dev/mapper/fo randwrite libaio $SMP first | cut -d' ' -f1)
+			kill -INT $pp; wait $pp
+			echo "PROFILE ==== $d: first writes with $k snapshots, $iops IOPS, under perf"
+			for mode in --no-children --children; do
+				echo "PROFILE ---- $d k=$k: perf report $mode (by symbol, >= 0.5%)"
+				perf report -i /tmp/fw.data --stdio $mode --sort sym -g none --percent-limit 0.5 2>/dev/null |
+					grep -v '^#' | grep -v '^$' | sed 's/^/PROFILE /'
+			done
+			rm -f /tmp/fw.data
+			i=1; while [ $i -le $k ]; do dmsetup remove fs$i; i=$((i + 1)); done
+			dmsetup remove fo
+		done
+	fi
 	unload_drivers
 	i=1; while [ $i -le $k ]; do nullb_remove fc$i; i=$((i + 1)); done
 done
