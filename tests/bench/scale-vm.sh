@@ -18,6 +18,24 @@ load() { if [ $1 = c ]; then load_c; else unload_drivers; insmod $KO_PERF $RSPAR
 mem_kb() { awk '/^(Slab|VmallocUsed):/ { s += $2 } END { print s }' /proc/meminfo; }
 now_cs() { awk '{ printf "%d", $1 * 100 }' /proc/uptime; }
 result() { echo "RESULT $*"; }
+# perf, system wide, from now until prof_stop.
+prof_start() {
+	echo 0 >/proc/sys/kernel/kptr_restrict
+	perf record -q -a -g -F 2000 -e cpu-clock -o /tmp/prof.data >/dev/null 2>&1 &
+	pp=$!; sleep 2
+}
+# prof_stop TITLE LABEL: stop perf; print its report by symbol, without
+# and with callees, each line prefixed for the host.
+prof_stop() {
+	kill -INT $pp; wait $pp
+	echo "PROFILE ==== $1"
+	for mode in --no-children --children; do
+		echo "PROFILE ---- $2: perf report $mode (by symbol, >= 0.5%)"
+		perf report -i /tmp/prof.data --stdio $mode --sort sym -g none --percent-limit 0.5 2>/dev/null |
+			grep -v '^#' | grep -v '^$' | sed 's/^/PROFILE /'
+	done
+	rm -f /tmp/prof.data
+}
 
 for n in $SIZES; do
 	# The origin needs no memory (rewrites of copied chunks never read it).
@@ -43,27 +61,17 @@ for n in $SIZES; do
 		r=$((r + 1))
 	done
 	if [ "${PROFILE:-0}" = 1 ]; then
-		# Where an activation's time goes: perf, system wide, while one
-		# snapshot of this COW is created; reported by symbol, with and
-		# without callees, each line prefixed for the host.
+		# Where an activation's time goes: perf while one snapshot of
+		# this COW is created.
 		for d in rs c; do
 			load $d
 			echo "0 $S snapshot-origin $O" | dmsetup create so
 			sync; echo 3 >/proc/sys/vm/drop_caches
-			echo 0 >/proc/sys/kernel/kptr_restrict
-			perf record -q -a -g -F 2000 -e cpu-clock -o /tmp/act.data >/dev/null 2>&1 &
-			pp=$!; sleep 2
+			prof_start
 			t0=$(now_cs)
 			snap_create so ss "0 $S snapshot $O $C P 8" || { echo "activation failed"; exit 1; }
 			t1=$(now_cs)
-			kill -INT $pp; wait $pp
-			echo "PROFILE ==== $d: activation of $n exceptions, $((t1 - t0)) cs, under perf"
-			for mode in --no-children --children; do
-				echo "PROFILE ---- $d $n: perf report $mode (by symbol, >= 0.5%)"
-				perf report -i /tmp/act.data --stdio $mode --sort sym -g none --percent-limit 0.5 2>/dev/null |
-					grep -v '^#' | grep -v '^$' | sed 's/^/PROFILE /'
-			done
-			rm -f /tmp/act.data
+			prof_stop "$d: activation of $n exceptions, $((t1 - t0)) cs, under perf" "$d $n"
 			dmsetup remove ss; dmsetup remove so
 		done
 	fi
@@ -103,18 +111,9 @@ for k in $SNAPS; do
 				snap_create fo fs$i "0 $S snapshot $O /dev/fc$i N 8" || exit 1
 				i=$((i + 1))
 			done
-			echo 0 >/proc/sys/kernel/kptr_restrict
-			perf record -q -a -g -F 2000 -e cpu-clock -o /tmp/fw.data >/dev/null 2>&1 &
-			pp=$!; sleep 2
+			prof_start
 			iops=$(fiorun /dev/mapper/fo randwrite libaio $SMP first | cut -d' ' -f1)
-			kill -INT $pp; wait $pp
-			echo "PROFILE ==== $d: first writes with $k snapshots, $iops IOPS, under perf"
-			for mode in --no-children --children; do
-				echo "PROFILE ---- $d k=$k: perf report $mode (by symbol, >= 0.5%)"
-				perf report -i /tmp/fw.data --stdio $mode --sort sym -g none --percent-limit 0.5 2>/dev/null |
-					grep -v '^#' | grep -v '^$' | sed 's/^/PROFILE /'
-			done
-			rm -f /tmp/fw.data
+			prof_stop "$d: first writes with $k snapshots, $iops IOPS, under perf" "$d k=$k"
 			i=1; while [ $i -le $k ]; do dmsetup remove fs$i; i=$((i + 1)); done
 			dmsetup remove fo
 		done
