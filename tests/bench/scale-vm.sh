@@ -84,20 +84,28 @@ done
 REGION_MB=${REGION_MB:-256}
 O=$(nb fo $((REGION_MB * SMP + 16)) 0)
 S=$(blockdev --getsz $O)
+# fw_create DRIVER K: with DRIVER loaded, the origin fo and K N-store
+# snapshots fs1..fsK of it. fw_remove K: remove them.
+fw_create() {
+	load $1
+	echo "0 $S snapshot-origin $O" | dmsetup create fo
+	i=1; while [ $i -le $2 ]; do
+		snap_create fo fs$i "0 $S snapshot $O /dev/fc$i N 8" || exit 1
+		i=$((i + 1))
+	done
+}
+fw_remove() {
+	i=1; while [ $i -le $1 ]; do dmsetup remove fs$i; i=$((i + 1)); done
+	dmsetup remove fo
+}
 for k in $SNAPS; do
 	i=1; while [ $i -le $k ]; do nb fc$i $((REGION_MB * SMP + 16)) 0 >/dev/null; i=$((i + 1)); done
 	r=1
 	while [ $r -le $ROUNDS ]; do
 		for d in c rs rs c; do
-			load $d
-			echo "0 $S snapshot-origin $O" | dmsetup create fo
-			i=1; while [ $i -le $k ]; do
-				snap_create fo fs$i "0 $S snapshot $O /dev/fc$i N 8" || exit 1
-				i=$((i + 1))
-			done
+			fw_create $d $k
 			result $r $d first_write_iops $k $(fiorun /dev/mapper/fo randwrite libaio $SMP first | cut -d' ' -f1)
-			i=1; while [ $i -le $k ]; do dmsetup remove fs$i; i=$((i + 1)); done
-			dmsetup remove fo
+			fw_remove $k
 		done
 		r=$((r + 1))
 	done
@@ -105,17 +113,11 @@ for k in $SNAPS; do
 		# Where first writes with K snapshots spend their time: perf,
 		# system wide, over one fio run per driver.
 		for d in rs c; do
-			load $d
-			echo "0 $S snapshot-origin $O" | dmsetup create fo
-			i=1; while [ $i -le $k ]; do
-				snap_create fo fs$i "0 $S snapshot $O /dev/fc$i N 8" || exit 1
-				i=$((i + 1))
-			done
+			fw_create $d $k
 			prof_start
 			iops=$(fiorun /dev/mapper/fo randwrite libaio $SMP first | cut -d' ' -f1)
 			prof_stop "$d: first writes with $k snapshots, $iops IOPS, under perf" "$d k=$k"
-			i=1; while [ $i -le $k ]; do dmsetup remove fs$i; i=$((i + 1)); done
-			dmsetup remove fo
+			fw_remove $k
 		done
 	fi
 	unload_drivers
