@@ -92,7 +92,7 @@ pub fn area_location(area: u64, chunk_sectors: u32) -> Chunk {
 /// Steps `next_free` over a metadata area (`skip_metadata`).
 pub fn skip_metadata(next_free: Chunk, chunk_sectors: u32) -> Chunk {
     if next_free % (exceptions_per_area(chunk_sectors) + 1) == 1 {
-        next_free + 1
+        next_free.saturating_add(1)
     } else {
         next_free
     }
@@ -183,6 +183,19 @@ pub fn check_header(
         valid: h.valid != 0,
         overridden,
     }))
+}
+
+/// True if the on-disk exception `_ -> new` points inside a COW of
+/// `dev_chunks` chunks. Upstream loads any entry (and a crafted one then
+/// maps reads past the device, or overflows chunk arithmetic); the module
+/// refuses a COW holding one. A COW chunk must also fit the hash table's
+/// chunk-number bits (a COW of over 2^56 chunks exists only as a crafted
+/// device). The origin chunk is not bounded here: when lvm2 activates a
+/// snapshot, the origin's `-real` device may not be resumed yet, so its
+/// size says nothing at construction; every computation on it is checked
+/// instead.
+pub fn entry_in_range(new: Chunk, dev_chunks: u64) -> bool {
+    new < dev_chunks && new >> super::exception_table::CHUNK_NUMBER_BITS == 0
 }
 
 /// Reads metadata areas for [`walk_metadata`]: the module through dm-io,

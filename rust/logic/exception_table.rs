@@ -67,7 +67,8 @@ impl Exception {
 
     /// True if the run covers `chunk`.
     pub fn covers(&self, chunk: Chunk) -> bool {
-        chunk >= self.old_chunk && chunk <= self.old_chunk + self.consecutive()
+        // No `old_chunk + consecutive()`: it overflows near `u64::MAX`.
+        chunk >= self.old_chunk && chunk - self.old_chunk <= self.consecutive()
     }
 
     /// COW chunk of `chunk`, which the run must cover.
@@ -373,11 +374,16 @@ impl<L: BucketLock> Locked<'_, L> {
             let e = unsafe { &mut *e.as_ptr() };
             let count = e.consecutive();
             if count < MAX_CONSECUTIVE {
-                if old == e.old_chunk + count + 1 && cow == e.chunk_number() + count + 1 {
+                // Checked: entries may come from a damaged COW.
+                if Some(old) == e.old_chunk.checked_add(count + 1)
+                    && Some(cow) == e.chunk_number().checked_add(count + 1)
+                {
                     e.new_chunk += 1 << CHUNK_NUMBER_BITS;
                     return Some(new);
                 }
-                if old + 1 == e.old_chunk && cow + 1 == e.chunk_number() {
+                if old.checked_add(1) == Some(e.old_chunk)
+                    && cow.checked_add(1) == Some(e.chunk_number())
+                {
                     e.new_chunk += 1 << CHUNK_NUMBER_BITS;
                     e.old_chunk -= 1;
                     e.new_chunk -= 1;

@@ -32,23 +32,25 @@ impl Allocator {
     /// Allocates a data chunk of `chunk_sectors` on a COW of `cow_sectors`;
     /// `None` when it is full (`persistent_prepare_exception`).
     pub fn prepare(&mut self, chunk_sectors: u32, cow_sectors: u64) -> Option<Chunk> {
-        if cow_sectors < (self.next_free + 1) * u64::from(chunk_sectors) {
+        // Checked: `next_free` comes from the COW's metadata.
+        let next = self.next_free.checked_add(1)?;
+        if cow_sectors < next.checked_mul(u64::from(chunk_sectors))? {
             return None;
         }
         let c = self.next_free;
-        self.next_free = skip_metadata(self.next_free + 1, chunk_sectors);
+        self.next_free = skip_metadata(next, chunk_sectors);
         Some(c)
     }
 
     /// Sectors handed out so far, header and areas included (for status).
     pub fn allocated_sectors(&self, chunk_sectors: u32) -> u64 {
-        self.next_free * u64::from(chunk_sectors)
+        self.next_free.saturating_mul(u64::from(chunk_sectors))
     }
 
     /// Accounts for an exception read back from the metadata.
     pub fn saw(&mut self, new_chunk: Chunk) {
         if self.next_free <= new_chunk {
-            self.next_free = new_chunk + 1;
+            self.next_free = new_chunk.saturating_add(1);
         }
     }
 

@@ -14,8 +14,8 @@ use crate::dm::dmio::{DmIo, IoBuf, MetadataWq};
 use crate::dm::TableDev;
 use crate::logic::chunk::{Chunk, ChunkGeometry};
 use crate::logic::disk_format::{
-    area_location, check_header, exceptions_per_area, walk_metadata, AreaReader, Header,
-    HeaderError, WalkError, DEFAULT_CHUNK_SECTORS,
+    area_location, check_header, entry_in_range, exceptions_per_area, walk_metadata, AreaReader,
+    Header, HeaderError, WalkError, DEFAULT_CHUNK_SECTORS,
 };
 use crate::logic::merge::{Batch, MergeStep};
 use crate::logic::persistent::{Allocator, CommitStep, Committer};
@@ -32,8 +32,8 @@ struct Commit {
     /// Exceptions written to `area` but not yet on disk, to complete once
     /// it is; `spare` is the other of two preallocated lists, so that no
     /// allocation happens on the I/O path.
-    callbacks: KVec<PendingTicket>,
-    spare: Option<KVec<PendingTicket>>,
+    callbacks: KVVec<PendingTicket>,
+    spare: Option<KVVec<PendingTicket>>,
     valid: bool,
 }
 
@@ -241,8 +241,8 @@ impl PersistentIo {
             area: IoBuf::new(chunk_bytes(chunk)).map_err(LoadError::Io)?,
             zero: IoBuf::new(chunk_bytes(chunk)).map_err(LoadError::Io)?,
             committer: Committer::new(chunk),
-            callbacks: KVec::with_capacity(epa, GFP_KERNEL).map_err(|_| LoadError::Io(ENOMEM))?,
-            spare: Some(KVec::with_capacity(epa, GFP_KERNEL).map_err(|_| LoadError::Io(ENOMEM))?),
+            callbacks: KVVec::with_capacity(epa, GFP_KERNEL).map_err(|_| LoadError::Io(ENOMEM))?,
+            spare: Some(KVVec::with_capacity(epa, GFP_KERNEL).map_err(|_| LoadError::Io(ENOMEM))?),
             valid: loaded.valid,
         };
         let header = IoBuf::new(chunk_bytes(chunk)).map_err(LoadError::Io)?;
@@ -285,7 +285,11 @@ impl PersistentIo {
 
     /// Reads every metadata area (`read_exceptions`), passing each
     /// exception to `add` and accounting for it in `alloc`; the last,
-    /// partly filled area becomes the one commits go on filling.
+    /// partly filled area becomes the one commits go on filling. An
+    /// exception pointing outside the COW is refused with `EINVAL` and a
+    /// log line naming it (unless the walk fails anyway, whose error is
+    /// upstream's answer): upstream loads it, and maps reads past the
+    /// device (or, with a chunk number near 2^64, overflows).
     pub(crate) fn read_exceptions(
         &self,
         cow: &TableDev,
@@ -295,7 +299,18 @@ impl PersistentIo {
     ) -> Result {
         let mut r = AreaIo::new(&self.io, cow, g)?;
         let dev_chunks = g.chunk_of(cow.nr_sectors());
-        let end = walk_metadata(&mut r, g.sectors(), dev_chunks, |_, _, old, new| {
+        // The first entry outside the COW, reported once the walk is over:
+        // where upstream refuses the COW too (an area past the device, a
+        // failed read), its error wins, as the C driver gives it.
+        let mut outside: Option<(u64, usize, Chunk, Chunk)> = None;
+        let end = walk_metadata(&mut r, g.sectors(), dev_chunks, |area, k, old, new| {
+            if !entry_in_range(new, dev_chunks) {
+                outside.get_or_insert((area, k, old, new));
+                return Ok(());
+            }
+            if outside.is_some() {
+                return Ok(());
+            }
             alloc.saw(new);
             add(old, new)
         })
@@ -303,6 +318,17 @@ impl PersistentIo {
             WalkError::Beyond { .. } => EIO,
             WalkError::Io(e) => e,
         })?;
+        if let Some((area, k, old, new)) = outside {
+            pr_err!(
+                "snapshots: COW metadata area {} entry {}: exception {} -> {} is outside the COW ({} chunks)\n",
+                area,
+                k,
+                old,
+                new,
+                dev_chunks
+            );
+            return Err(EINVAL);
+        }
         let mut c = self.commit.lock();
         // The last area, partly filled, is where commits go on.
         for (d, s) in c.area.as_mut_slice().iter_mut().zip(r.last_area()) {
@@ -334,7 +360,7 @@ impl PersistentIo {
         old: Chunk,
         new: Chunk,
         ok: bool,
-    ) -> Option<(KVec<PendingTicket>, bool)> {
+    ) -> Option<(KVVec<PendingTicket>, bool)> {
         let mut guard = self.commit.lock();
         let c = &mut *guard;
         if !ok {
@@ -381,7 +407,7 @@ impl PersistentIo {
     }
 
     /// Gives back a list returned by [`PersistentIo::commit`], emptied.
-    pub(crate) fn recycle(&self, mut list: KVec<PendingTicket>) {
+    pub(crate) fn recycle(&self, mut list: KVVec<PendingTicket>) {
         list.clear_keep();
         self.commit.lock().spare = Some(list);
     }

@@ -170,12 +170,49 @@ impl Registry {
         self.origins.read()
     }
 
+    /// Room for one more snapshot of origin `bdev`, allocated before the
+    /// write lock is taken (see [`Registry::register`]).
+    fn room_for(&self, bdev: BdevKey) -> Result<Room, HandoverError> {
+        let (origins, snaps) = {
+            let o = self.origins.read();
+            (o.origins.len(), o.find(bdev).map_or(0, |l| l.snaps.len()))
+        };
+        Ok(Room {
+            origins: KVec::with_capacity(origins + 1, GFP_KERNEL)
+                .map_err(|_| HandoverError::NoMem)?,
+            snaps: KVec::with_capacity(snaps + 1, GFP_KERNEL).map_err(|_| HandoverError::NoMem)?,
+        })
+    }
+
     /// Adds `snap` to its origin's list, sorted by chunk size, largest first
     /// (`register_snapshot`). If an active snapshot of the same origin uses
     /// the same COW, `snap` becomes its handover destination: `Ok(true)`.
     /// A third table on one COW, or a second destination, is refused.
+    ///
+    /// Nothing is allocated under the write lock (upstream allocates before
+    /// `down_write(&_origins_lock)`): direct reclaim that writes back
+    /// through a snapshotted origin waits in `do_origin` for this lock's
+    /// readers' side, so it must never wait behind this writer. The room is
+    /// made first; if the lists grew past it meanwhile, the lock is dropped
+    /// and room made again.
     pub(crate) fn register(&self, snap: &Arc<Snap>) -> Result<bool, HandoverError> {
         let bdev = snap.origin.key();
+        loop {
+            let room = self.room_for(bdev)?;
+            if let Some(r) = self.try_register(snap, bdev, room)? {
+                return Ok(r);
+            }
+        }
+    }
+
+    /// [`Registry::register`] with the room made: `Ok(None)` if the lists
+    /// outgrew it before the lock was taken.
+    fn try_register(
+        &self,
+        snap: &Arc<Snap>,
+        bdev: BdevKey,
+        room: Room,
+    ) -> Result<Option<bool>, HandoverError> {
         let me = &**snap;
         let mut o = self.origins.write();
         let mut sharing = 0;
@@ -204,18 +241,20 @@ impl Registry {
                 return Err(HandoverError::CannotMerge);
             }
         }
+        let Room { origins, snaps } = room;
         let idx = match o.origins.iter().position(|e| e.bdev == bdev) {
-            Some(i) => i,
+            Some(i) => {
+                if !fits_or_moved(&mut o.origins[i].snaps, snaps) {
+                    return Ok(None);
+                }
+                i
+            }
             None => {
-                o.origins
-                    .push(
-                        OriginSnaps {
-                            bdev,
-                            snaps: KVec::new(),
-                        },
-                        GFP_KERNEL,
-                    )
-                    .map_err(|_| HandoverError::NoMem)?;
+                if !fits_or_moved(&mut o.origins, origins) {
+                    return Ok(None);
+                }
+                // The room's list, empty, with room for this snapshot.
+                push_in_room(&mut o.origins, OriginSnaps { bdev, snaps })?;
                 o.origins.len() - 1
             }
         };
@@ -223,10 +262,9 @@ impl Registry {
             me.state.write().handover_dest = true;
         }
         let list = &mut o.origins[idx].snaps;
-        list.push(snap.clone(), GFP_KERNEL)
-            .map_err(|_| HandoverError::NoMem)?;
+        push_in_room(list, snap.clone())?;
         sort_by_chunk(list);
-        Ok(is_dest)
+        Ok(Some(is_dest))
     }
 
     /// Re-sorts after a snapshot learnt its chunk size (`reregister_snapshot`).
@@ -317,6 +355,34 @@ impl Registry {
             self.throttle_wait.notify_all();
         }
     }
+}
+
+/// Vectors allocated before [`Registry::register`] takes the lock.
+struct Room {
+    origins: KVec<OriginSnaps>,
+    snaps: KVec<Arc<Snap>>,
+}
+
+/// True if `v` can take one more element without allocating: it has room,
+/// or `room` (empty) is big enough and takes `v`'s elements, in order.
+fn fits_or_moved<T>(v: &mut KVec<T>, mut room: KVec<T>) -> bool {
+    if v.len() < v.capacity() {
+        return true;
+    }
+    if room.capacity() <= v.len() {
+        return false;
+    }
+    core::mem::swap(v, &mut room);
+    for x in room {
+        // Cannot fail: `v` has the capacity, so nothing is allocated.
+        let _ = v.push(x, GFP_NOWAIT);
+    }
+    true
+}
+
+/// Pushes into a vector [`fits_or_moved`] made room in: never allocates.
+fn push_in_room<T>(v: &mut KVec<T>, x: T) -> Result<(), HandoverError> {
+    v.push(x, GFP_NOWAIT).map_err(|_| HandoverError::NoMem)
 }
 
 fn sort_by_chunk(list: &mut KVec<Arc<Snap>>) {

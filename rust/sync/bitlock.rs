@@ -108,8 +108,8 @@ impl BucketLock for HlistBl {
 
 impl HlistBl {
     /// `n` empty, unlocked buckets.
-    pub fn new_heads(n: usize, _key: &'static LockClassKey) -> Result<KVec<AtomicUsize>> {
-        let mut v = KVec::with_capacity(n, GFP_KERNEL)?;
+    pub fn new_heads(n: usize, _key: &'static LockClassKey) -> Result<KVVec<AtomicUsize>> {
+        let mut v = KVVec::with_capacity(n, GFP_KERNEL)?;
         for _ in 0..n {
             v.push(AtomicUsize::new(0), GFP_KERNEL)?;
         }
@@ -168,8 +168,8 @@ impl RtSpin {
     /// `n` empty buckets with initialised spinlocks in lockdep class `key`
     /// (one class per table: a chunk's complete and pending buckets are
     /// held together).
-    pub fn new_heads(n: usize, key: &'static LockClassKey) -> Result<KVec<RtHead>> {
-        let mut v = KVec::with_capacity(n, GFP_KERNEL)?;
+    pub fn new_heads(n: usize, key: &'static LockClassKey) -> Result<KVVec<RtHead>> {
+        let mut v = KVVec::with_capacity(n, GFP_KERNEL)?;
         for _ in 0..n {
             v.push(
                 RtHead {

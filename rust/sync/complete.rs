@@ -30,7 +30,7 @@ use crate::logic::index_node::Node;
 use core::ptr::{self, NonNull};
 use kernel::prelude::*;
 
-type Index = ExceptionIndex<KVec<<BucketLocks as BucketLock>::Head>, BucketLocks>;
+type Index = ExceptionIndex<KVVec<<BucketLocks as BucketLock>::Head>, BucketLocks>;
 
 /// Nodes each snapshot's pool keeps in reserve: one split of the deepest
 /// tree the index builds, plus a new root.

@@ -38,7 +38,7 @@ use core::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 use kernel::ffi::c_void;
 use kernel::prelude::*;
 
-pub(super) type Raw = ExceptionTable<KVec<<BucketLocks as BucketLock>::Head>, BucketLocks>;
+pub(super) type Raw = ExceptionTable<KVVec<<BucketLocks as BucketLock>::Head>, BucketLocks>;
 
 /// The two kinds of table, each one lock class for lockdep: a chunk's
 /// complete bucket (or index shard) is always taken before its pending one.
@@ -54,7 +54,7 @@ pub(super) fn class_of(
     buckets: usize,
 ) -> Result<(
     <BucketLocks as BucketLock>::Class,
-    KVec<<BucketLocks as BucketLock>::Head>,
+    KVVec<<BucketLocks as BucketLock>::Head>,
 )> {
     let (name, key) = match kind {
         Kind::Complete => (

@@ -240,3 +240,22 @@ fn walk_metadata_visits_every_entry_and_ends_in_the_open_area() {
         })
     );
 }
+
+/// Issue 27: a crafted entry `{old = 1, new = u64::MAX}` overflowed the
+/// allocator (`new_chunk + 1`); it is now refused by `entry_in_range`, and
+/// the allocator saturates instead of overflowing.
+#[test]
+fn crafted_entries_are_out_of_range_and_do_not_overflow() {
+    use dm_snap_logic::disk_format::entry_in_range;
+    use dm_snap_logic::persistent::Allocator;
+    assert!(!entry_in_range(u64::MAX, 1024));
+    assert!(!entry_in_range(1024, 1024));
+    assert!(!entry_in_range(1 << 56, u64::MAX));
+    assert!(entry_in_range(1023, 1024));
+    let mut a = Allocator::new();
+    a.saw(u64::MAX);
+    assert_eq!(a.next_free, u64::MAX);
+    assert_eq!(a.allocated_sectors(8), u64::MAX);
+    assert_eq!(a.prepare(8, u64::MAX), None);
+    a.finish_read(8);
+}

@@ -406,3 +406,30 @@ fn remove_chunk_takes_run_ends_as_a_merge_does() {
     assert_eq!(lookup(&t, 40), None);
     assert_eq!(free_all(&mut t), 0);
 }
+
+/// Issue 27: entries from a crafted COW (`old` or `new` near `u64::MAX`)
+/// must not overflow the run arithmetic of insert and lookup: with overflow
+/// checks on (the test kernel's), `old + count + 1` was a kernel BUG.
+#[test]
+fn extreme_chunk_numbers_do_not_overflow() {
+    let mut t = table(64, 8);
+    let max = u64::MAX;
+    // The second insert walks past the entry of `max` (same bucket),
+    // comparing against `max + 1`.
+    insert_all(
+        &t,
+        &[
+            (max, 5),
+            (max - 2, 100),
+            (max - 1, 4),
+            (1, 1 << 55),
+            (2, (1 << 55) + 1),
+        ],
+    );
+    assert_eq!(lookup(&t, max), Some(5));
+    assert_eq!(lookup(&t, max - 2), Some(100));
+    assert_eq!(lookup(&t, max - 1), Some(4));
+    assert_eq!(lookup(&t, 2), Some((1 << 55) + 1));
+    assert_eq!(lookup(&t, 3), None);
+    free_all(&mut t);
+}
