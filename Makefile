@@ -3,7 +3,10 @@
 # dm-snap-rs: out-of-tree Rust device-mapper snapshot targets.
 #
 #   make                 build dm_snap_rs.ko (against KDIR, or the cached test kernel)
-#   make check           everything: unit tests + in-VM selftests, ends "N passed, N failed"
+#   make check           the quick tier (what CI runs, <= 35 min): every kind of
+#                        check, smaller sets; ends "N passed, N failed"
+#   make check-full      everything there is (all seeds, full scale, more crash
+#                        kills); Documentation/testing.rst says which tier holds what
 #   make demo            boot the VM and show snapshots on null_blk
 #   make bench           fio: dm_snap_rs vs the C driver vs null_blk (perf kernel)
 #   make bench-scale     millions of exceptions: memory, activation, lookups,
@@ -30,7 +33,7 @@ endif
 export PATH := /usr/lib/llvm-19/bin:$(HOME)/.cargo/bin:$(PATH)
 KMAKE = $(MAKE) -C $(KDIR) M=$(ROOT) LLVM=1 RUSTC=/usr/bin/rustc BINDGEN=bindgen CLIPPY_DRIVER=/usr/bin/clippy-driver
 
-.PHONY: all module kernel clean check demo bench bench-scale rust-analyzer clippy fmt unit install uninstall
+.PHONY: all module kernel clean check check-full demo bench bench-scale rust-analyzer clippy fmt unit install uninstall
 
 all: module
 
@@ -71,6 +74,9 @@ unit:
 
 check:
 	$(ROOT)/scripts/check
+
+check-full:
+	$(ROOT)/scripts/check --full
 
 demo:
 	$(ROOT)/scripts/demo

@@ -46,3 +46,25 @@ kernel_kdir() {
 }
 
 kernel_ready() { [ -f "$1/.dm-snap-rs-built" ]; }
+
+# Seconds from QEMU's start to the guest's command on the machine the
+# suites' time limits were tuned on (TCG, debug kernel, a 2-core machine
+# running two guests at once): vm-run --limit scales by the boot it
+# measures against this.
+REF_START=35
+
+# probe_accel KDIR INITRD: "kvm" if /dev/kvm is usable and a KVM guest boots
+# the base initramfs to its end (VMRUN-DONE, not just a start), else "tcg".
+# Probed on every run, never cached: a host whose KVM breaks later must
+# not keep claiming it.
+probe_accel() {
+	if [ -r /dev/kvm ] && [ -z "${DMSR_NO_KVM:-}" ] &&
+		timeout 120 qemu-system-x86_64 -accel kvm -cpu host -m 512M -smp 1 -display none \
+			-monitor none -serial stdio -no-reboot -kernel "$1/arch/x86/boot/bzImage" \
+			-initrd "$2" -append "console=ttyS0 loglevel=1 panic=-1 kmemleak=off" </dev/null 2>/dev/null |
+		grep -q '===VMRUN-DONE==='; then
+		echo kvm
+	else
+		echo tcg
+	fi
+}

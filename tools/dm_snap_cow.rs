@@ -4,11 +4,17 @@
 //!
 //! ```text
 //! dm-snap-cow dump  <cow>   header and every exception, one per line
-//! dm-snap-cow check <cow>   exit 0 if consistent, 1 if damaged, 2 on usage/I/O errors
+//! dm-snap-cow [-q] check <cow>
+//!                           exit 0 if consistent, 1 if damaged, 2 on usage/I/O
+//!                           errors, 3 if consistent but marked invalid (an
+//!                           invalidated snapshot: its exceptions are still
+//!                           walked and checked, but the kernel ignores them)
 //! dm-snap-cow gen <cow> <exceptions> <origin-chunks> <seed> [rand|seq|perm] [origin]
 //!                           write a COW of many exceptions (see gen.rs)
 //! dm-snap-cow sample <snapshot> <samples>
 //!                           check a snapshot of it serves the stamps
+//! dm-snap-cow random <seed> <MiB>
+//!                           reproducible pseudo-random data on stdout (tests)
 //! ```
 //!
 //! The format code is the module's own (`rust/logic/disk_format.rs`).
@@ -61,6 +67,8 @@ struct Report {
     exceptions: Vec<(u64, u64, u64)>, // (area, old, new)
     errors: Vec<String>,
     notes: Vec<String>,
+    /// The header says the snapshot was invalidated.
+    invalid: bool,
 }
 
 fn walk(cow: &mut Cow) -> std::io::Result<Report> {
@@ -102,9 +110,10 @@ fn walk(cow: &mut Cow) -> std::io::Result<Report> {
         }
     };
     if !checked.valid {
+        // Still walked: what is on disk is worth seeing, and checking.
         r.notes
-            .push("snapshot is marked invalid: its exceptions are not used".into());
-        return Ok(r);
+            .push("snapshot is marked invalid: the kernel does not use its exceptions".into());
+        r.invalid = true;
     }
     let c = checked.chunk;
     let chunk_bytes = u64::from(c) * 512;
@@ -158,9 +167,30 @@ fn walk(cow: &mut Cow) -> std::io::Result<Report> {
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
+    const USAGE: &str = "usage: dm-snap-cow [-q] dump|check <cow device or image>\n\
+         \x20      dm-snap-cow gen|sample|random ... (test helpers, see the source)\n\
+         check exits 0 if consistent, 1 if damaged, 2 on usage or I/O errors,\n\
+         3 if consistent but the snapshot is marked invalid";
+    let mut args = args;
+    let quiet = args.get(1).is_some_and(|a| a == "-q");
+    if quiet {
+        args.remove(1);
+    }
+    match args.get(1).map(String::as_str) {
+        Some("--help" | "-h") => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Some("--version" | "-V") => {
+            println!("dm-snap-cow {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        _ => {}
+    }
     let sub = match args.get(1).map(String::as_str) {
         Some("gen") => Some(gen::run as fn(&[String]) -> Result<(), String>),
         Some("sample") => Some(gen::sample as fn(&[String]) -> Result<(), String>),
+        Some("random") => Some(gen::random as fn(&[String]) -> Result<(), String>),
         _ => None,
     };
     if let Some(sub) = sub {
@@ -175,7 +205,7 @@ fn main() -> ExitCode {
     let (cmd, path) = match args.as_slice() {
         [_, c, p] if c == "dump" || c == "check" => (c.as_str(), p.as_str()),
         _ => {
-            eprintln!("usage: dm-snap-cow dump|check <cow device or image> | gen ...");
+            eprintln!("{USAGE}");
             return ExitCode::from(2);
         }
     };
@@ -197,18 +227,29 @@ fn main() -> ExitCode {
             println!("area {} old {} new {}", a, o, n);
         }
     }
-    for n in &report.notes {
+    for n in report.notes.iter().filter(|_| !quiet) {
         println!("note: {}", n);
     }
-    for e in &report.errors {
+    for e in report.errors.iter().filter(|_| !quiet) {
         eprintln!("error: {}", e);
     }
-    if cmd == "check" && report.errors.is_empty() {
-        println!("{}: ok, {} exceptions", path, report.exceptions.len());
+    if !report.errors.is_empty() {
+        return ExitCode::from(1);
     }
-    if report.errors.is_empty() {
-        ExitCode::SUCCESS
+    if cmd == "check" && !quiet {
+        if report.invalid {
+            println!(
+                "{}: invalid snapshot (marked invalid on disk), {} exceptions on disk, not used",
+                path,
+                report.exceptions.len()
+            );
+        } else {
+            println!("{}: ok, {} exceptions", path, report.exceptions.len());
+        }
+    }
+    if report.invalid && cmd == "check" {
+        ExitCode::from(3)
     } else {
-        ExitCode::from(1)
+        ExitCode::SUCCESS
     }
 }

@@ -32,6 +32,33 @@ const CHUNK_BYTES: u64 = CHUNK_SECTORS as u64 * 512;
 mod rng;
 use rng::Rng;
 
+/// Runs `random <seed> <MiB>`: that many MiB of reproducible pseudo-random
+/// bytes on stdout, the same for the same seed. The test harness draws all
+/// its data from here, seeded by `DMSR_SEED`, so a failing run can be
+/// replayed byte for byte (`/dev/urandom` cannot).
+pub fn random(args: &[String]) -> Result<(), String> {
+    let [seed, mib] = args else {
+        return Err("usage: dm-snap-cow random <seed> <MiB>".into());
+    };
+    let num = |s: &String| s.parse::<u64>().map_err(|e| format!("{s}: {e}"));
+    let (seed, mib) = (num(seed)?, num(mib)?);
+    // splitmix64 of the seed: xorshift needs a non-zero state, and nearby
+    // seeds should not give nearby streams.
+    let mut z = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    let mut r = Rng((z ^ (z >> 31)) | 1);
+    let mut buf = vec![0u8; 1 << 20];
+    let mut out = std::io::stdout().lock();
+    for _ in 0..mib {
+        for w in buf.chunks_exact_mut(8) {
+            w.copy_from_slice(&r.next().to_le_bytes());
+        }
+        out.write_all(&buf).map_err(|e| format!("stdout: {e}"))?;
+    }
+    out.flush().map_err(|e| format!("stdout: {e}"))
+}
+
 /// Runs `gen`; `Err` carries a message for stderr.
 pub fn run(args: &[String]) -> Result<(), String> {
     let [path, n, origin, seed, rest @ ..] = args else {

@@ -1,29 +1,66 @@
 # Helpers for the in-VM selftests (sourced). KTAP output: each test file is
-# one suite that states its plan first (`ktap_begin NAME N`: N result
-# lines will follow; scripts/check reads N from the same line of the file
-# and counts every result not printed as failed); `ok`/`fail` print result
-# lines, `summary` the totals.
+# one suite that states its plan first (`ktap_begin NAME FULL [QUICK]`:
+# FULL result lines will follow, or QUICK in make check's quick tier,
+# DMSR_TIER=quick; scripts/check reads the plan from the same line of the
+# file and counts every result not printed as failed); `ok`/`fail` print
+# result lines, each with the seconds since the suite began, `summary` the
+# totals.
+#
+# Honesty rules the helpers hold to: a read that fails is MISSING, never a
+# checksum (two failed reads must not compare equal); expect_eq fails on
+# any MISSING value; a negative check (expect_status) first proves the
+# tool under test exists and ran.
 
-T_N=0 T_PASS=0 T_FAIL=0 T_PLAN=0
+T_N=0 T_PASS=0 T_FAIL=0 T_PLAN=0 T_START=0
 DM=/dev/mapper
 KO=${DMSR_KO:-/payload/dm_snap_rs.ko}
+TIER=${DMSR_TIER:-full}
+# quick: true in make check's quick tier (suites run a smaller set there).
+quick() { [ "$TIER" = quick ]; }
+uptime_s() { cut -d. -f1 /proc/uptime; }
 
 ktap_begin() {
 	T_PLAN=$2
-	echo "KTAP version 1"; echo "# suite: $1"; echo "1..$2"
+	quick && [ -n "${3:-}" ] && T_PLAN=$3
+	T_START=$(uptime_s)
+	# The suite's own stream of seeds: DMSR_SEED and the suite's name.
+	RSEED=$(( (${DMSR_SEED:-1} * 1000003 + 0x$(echo "$1" | md5sum | cut -c1-8)) % 4294967296 ))
+	echo "KTAP version 1"; echo "# suite: $1"; echo "# tier $TIER, DMSR_SEED=${DMSR_SEED:-unset}"; echo "1..$T_PLAN"
 	# Marks the kernel log, so splats are told apart per suite.
 	echo "dmsr-suite: $1" >/dev/kmsg 2>/dev/null
 }
-ok() { T_N=$((T_N + 1)); T_PASS=$((T_PASS + 1)); echo "ok $T_N $1"; }
+ok() { T_N=$((T_N + 1)); T_PASS=$((T_PASS + 1)); echo "ok $T_N $1 [$(($(uptime_s) - T_START))s]"; }
 fail() {
-	T_N=$((T_N + 1)); T_FAIL=$((T_FAIL + 1)); echo "not ok $T_N $1"
+	T_N=$((T_N + 1)); T_FAIL=$((T_FAIL + 1)); echo "not ok $T_N $1 [$(($(uptime_s) - T_START))s]"
 	shift; for l in "$@"; do echo "# $l"; done
+}
+
+# scaled N: an in-guest wait (seconds, or polling steps), stretched like the suite's time limit
+# by how much slower this guest booted than the reference (REF_UPTIME:
+# the kernel's uptime when /init starts the command there).
+REF_UPTIME=30
+scaled() {
+	local b; b=$(cat /tmp/dmsr.boot_uptime 2>/dev/null || echo $REF_UPTIME)
+	[ "$b" -gt $REF_UPTIME ] || b=$REF_UPTIME
+	echo $(($1 * b / REF_UPTIME))
 }
 # check NAME CMD...: passes when CMD succeeds.
 check() { local n=$1; shift; if out=$("$@" 2>&1); then ok "$n"; else fail "$n" "command: $*" "$out"; fi; }
-# expect_eq NAME WANT GOT
+# expect_eq NAME WANT GOT: fails on any MISSING in either value (a failed
+# read or step is never a match, not even with another one).
 expect_eq() {
+	case "$2 $3" in *MISSING*) fail "$1" "a value is MISSING (a failed read or step)" "want: '$2'" "got:  '$3'"; return ;; esac
 	if [ "$2" = "$3" ]; then ok "$1"; else fail "$1" "want: '$2'" "got:  '$3'"; fi
+}
+# expect_status NAME STATUS CMD...: a negative check: CMD must exist and
+# exit with exactly STATUS (a tool that is missing, crashed or killed
+# exits 126, 127 or 128+N, which is not a refusal).
+expect_status() {
+	local n=$1 want=$2 rc
+	shift 2
+	if ! command -v "$1" >/dev/null 2>&1; then fail "$n" "$1: not found: nothing was tested"; return; fi
+	"$@" >/tmp/.es.out 2>&1; rc=$?
+	if [ $rc -eq "$want" ]; then ok "$n"; else fail "$n" "command: $*" "status $rc, want $want" "$(tail -3 /tmp/.es.out)"; fi
 }
 # expect_parity NAME REF GOT: GOT (usually dm_snap_rs's) equals REF (the C
 # driver's, or an earlier state), which must be a real value: an empty or
@@ -41,6 +78,14 @@ expect_refused() {
 	"" | created) fail "$1" "the C driver did not refuse it with a message (got '$2')" ;;
 	*) expect_eq "$1" "$2" "$3" ;;
 	esac
+}
+# rmmod_refused NAME: rmmod dm_snap_rs fails and the module is still
+# loaded (a module that was never loaded is not a refusal).
+rmmod_refused() {
+	if ! grep -q '^dm_snap_rs ' /proc/modules; then fail "$1" "dm_snap_rs is not loaded: nothing to refuse"
+	elif rmmod dm_snap_rs 2>/dev/null; then fail "$1" "rmmod succeeded"
+	elif grep -q '^dm_snap_rs ' /proc/modules; then ok "$1"
+	else fail "$1" "rmmod failed, yet the module is gone"; fi
 }
 # need_blk NAME DEV: the suite cannot go on without block device DEV (the
 # results it would have printed count as failed: see ktap_begin).
@@ -133,10 +178,36 @@ dm_error() {
 	dmesg | sed -n 's/.*device-mapper: table: [0-9]*:[0-9]*: \(snapshot[a-z-]*: \)/\1/p' | tail -1
 }
 
-# Data helpers: a deterministic 4 KiB-aligned pattern file of N MiB.
-pattern() { dd if=/dev/urandom of="$1" bs=1M count="$2" 2>/dev/null; }
-sum() { dd if="$1" bs=1M count="$2" 2>/dev/null | md5sum | cut -d' ' -f1; }
+# Data helpers. rand_data MiB: reproducible random bytes on stdout, from
+# the suite's seed stream (each call the next seed); pattern FILE MiB: a
+# file of them. Not to be called in $(...), which would not advance the
+# stream.
+RSEED=${RSEED:-${DMSR_SEED:-1}}
+rand_data() {
+	RSEED=$(( (RSEED * 6364136223846793005 + 1442695040888963407) & 0x7fffffffffffffff ))
+	"${DMSR_FILES:-/payload/files}/dm-snap-cow" random "$RSEED" "$1"
+}
+pattern() { rand_data "$2" >"$1" || { echo "pattern $1: dm-snap-cow random failed" >&2; rm -f "$1"; return 1; }; }
+# rand_int: a reproducible number from the same stream, in $R (not a
+# subshell, so the stream advances).
+rand_int() { RSEED=$(( (RSEED * 6364136223846793005 + 1442695040888963407) & 0x7fffffffffffffff )); R=$((RSEED >> 16)); }
+# sum DEV MiB: the md5 of the first MiB MiB of DEV, or "MISSING(read DEV)"
+# when the read fails.
+sum() {
+	local s f=/tmp/.sum.$$
+	rm -f $f
+	s=$({ dd if="$1" bs=1M count="$2" 2>/dev/null || echo >$f; } | md5sum | cut -d' ' -f1)
+	if [ -e $f ]; then rm -f $f; echo "MISSING(read $1)"; else echo "$s"; fi
+}
 
+# read_state DEV MiB: as sum, but a failed read prints "read-error": for a
+# device whose reads are expected to fail on both drivers (an invalidated
+# snapshot), where the same failure is parity, not a missing value.
+read_state() {
+	local s
+	s=$(sum "$1" "$2")
+	case $s in MISSING*) echo read-error ;; *) echo "$s" ;; esac
+}
 # dm_state DEV MB: "<status> <md5 of the first MB MiB>" of /dev/mapper/DEV,
 # or MISSING when the device or its status cannot be read.
 dm_state() {
@@ -158,6 +229,8 @@ same_output() {
 # give identical reads, data, status and table lines.
 differential() {
 	local rc_c rc_rs
+	# The quick tier: sequences of 60 operations instead of 120.
+	quick && export NOPS=${NOPS:-60}
 	load_c; sh /payload/tests/vm/workload.sh "$2" "$3" /tmp/wl.c; rc_c=$?
 	load_rs; sh /payload/tests/vm/workload.sh "$2" "$3" /tmp/wl.rs; rc_rs=$?
 	if [ $rc_c -ne 0 ] || [ ! -s /tmp/wl.c ]; then
@@ -165,7 +238,7 @@ differential() {
 	elif [ $rc_rs -ne 0 ]; then
 		fail "$1: identical to the C driver" "dm_snap_rs's run failed (status $rc_rs):" "$(tail -3 /tmp/wl.rs)"
 	elif cmp -s /tmp/wl.c /tmp/wl.rs; then
-		ok "$1: data, status and table identical to the C driver ($(grep -c '^sr' /tmp/wl.c) reads, $(grep -c '^s[0-9] status' /tmp/wl.c) snapshots)"
+		ok "$1: data, status and table identical to the C driver ($(grep -c '^sr' /tmp/wl.c) reads, $(grep -c '^sr .* read-error$' /tmp/wl.c) of them failing on both, $(grep -c '^s[0-9] status' /tmp/wl.c) snapshots)"
 	else
 		fail "$1: identical to the C driver" "$(diff /tmp/wl.c /tmp/wl.rs | head -20)"
 	fi

@@ -29,7 +29,7 @@ dd if=/tmp/pat of="$NB" bs=1M seek=32 oflag=direct 2>/dev/null
 expect_eq "data written to the device reads back through the origin" \
 	"$(sum /tmp/pat 16)" "$(dd if=$DM/rs-origin bs=1M skip=32 count=16 iflag=direct 2>/dev/null | md5sum | cut -d' ' -f1)"
 # Unaligned, odd-sized writes at the end of the device.
-dd if=/dev/urandom of=/tmp/odd bs=512 count=7 2>/dev/null
+pattern /tmp/rnd 1; dd if=/tmp/rnd of=/tmp/odd bs=512 count=7 2>/dev/null
 dd if=/tmp/odd of=$DM/rs-origin bs=512 seek=$((SECTORS - 7)) oflag=direct 2>/dev/null
 expect_eq "unaligned write at the device end reads back" \
 	"$(md5sum </tmp/odd)" "$(dd if="$NB" bs=512 skip=$((SECTORS - 7)) count=7 2>/dev/null | md5sum)"
@@ -47,8 +47,8 @@ expect_eq "table line shows the device as major:minor" \
 	"0 $SECTORS snapshot-origin $(cat /sys/block/${NB#/dev/}/dev)" "$RS_TABLE"
 
 # --- unload refused while a table is live ---------------------------------
-if rmmod dm_snap_rs 2>/dev/null; then fail "rmmod refused while a table uses the module"; insmod "$KO"
-else ok "rmmod refused while a table uses the module"; fi
+rmmod_refused "rmmod refused while a table uses the module"
+grep -q '^dm_snap_rs ' /proc/modules || insmod "$KO"
 check "suspend/resume keeps the origin working" \
 	sh -c "dmsetup suspend rs-origin && dmsetup resume rs-origin && dd if=$DM/rs-origin bs=1M count=1 iflag=direct of=/dev/null 2>/dev/null"
 dmsetup remove rs-origin

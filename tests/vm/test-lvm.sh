@@ -22,7 +22,7 @@
 #                   the files as they were in the snapshot.
 # vm-timeout: 1800
 . "$(dirname "$0")/lib.sh"
-ktap_begin lvm 21
+ktap_begin lvm 21 9
 suite_disks lv 4 4
 pattern /tmp/base 24
 
@@ -72,7 +72,7 @@ vg_down() {
 # snapshot LV (the LV removed); prints whether it did.
 wait_gone() {
 	local i=0
-	while [ $i -lt 240 ]; do
+	while [ $i -lt $(scaled 240) ]; do
 		L lvs vgl/$1 >/dev/null 2>&1 || { echo "merge finished: $1 gone"; return; }
 		sleep 0.5; i=$((i + 1))
 	done
@@ -209,18 +209,29 @@ ext4_rollback() {
 	vg_down
 }
 
-for w in merge_now merge_deferred merge_fault grow ext4_rollback; do
+# The quick tier runs the workflows nothing else covers: a merge deferred
+# while the origin is open, and a COW failing mid-merge. (merge_now is the
+# merge suite's handover driven by lvm2; ext4_rollback a deferred merge
+# under a filesystem; grow the persistent suite's COW growth and PO
+# overflow driven by lvm2.)
+workflows="merge_now merge_deferred merge_fault grow ext4_rollback"
+quick && workflows="merge_deferred merge_fault"
+for w in $workflows; do
 	load_c; $w >/tmp/c.$w 2>&1
 	load_rs; $w >/tmp/rs.$w 2>&1
 	same_output "$w: every lvm2 step gives what it gives on the C driver" /tmp/c.$w /tmp/rs.$w
 done
-get() { sed -n "s/^$2: //p" /tmp/rs.$1; }
+# get RUN KEY: the value of "KEY: value" in dm_snap_rs's output of RUN, or
+# MISSING (which no expect_eq accepts) when the line is absent.
+get() { if grep -q "^$2: " /tmp/rs.$1; then sed -n "s/^$2: //p" /tmp/rs.$1; else echo "MISSING($1 $2)"; fi; }
 
+if ! quick; then
 expect_eq "merge_now: a reactivated snapshot LV reads as before" "$(get merge_now snapshot)" \
 	"$(get merge_now 'reactivated snapshot')"
 expect_eq "merge_now: lvconvert --merge succeeds, the snapshot LV goes, the origin is linear" \
 	"lvconvert rc=0|lo|linear" "$(grep '^lvconvert' /tmp/rs.merge_now)|$(get merge_now after | cut -d' ' -f1)|$(get merge_now table)"
 expect_eq "merge_now: the origin LV holds what the snapshot LV held" "$(get merge_now snapshot)" "$(get merge_now origin)"
+fi
 
 expect_eq "merge_deferred: with the origin open the merge is recorded and waits" \
 	"lvconvert with the origin open rc=0|snapshot-origin" \
@@ -239,6 +250,7 @@ expect_eq "merge_fault: a COW read error mid-merge gives Merge failed" "Merge fa
 expect_eq "merge_fault: after the fault, reactivation and lvpoll finish the merge with the snapshot's data" \
 	"merge finished: ls gone|$(get merge_fault snapshot)" "$(grep '^merge' /tmp/rs.merge_fault)|$(get merge_fault origin)"
 
+if ! quick; then
 expect_eq "grow: lvextend of a snapshot: status shows the new total, writes past the old size succeed" \
 	"24576|write past the old size rc=0" \
 	"$(get grow grown | sed 's/^[0-9]*\/\([0-9]*\) .*/\1/')|$(grep '^write past' /tmp/rs.grow)"
@@ -251,12 +263,15 @@ case $(get grow overflowed) in
 *) fail "grow: a small snapshot overflows: I in lv_attr, status Invalid" "$(get grow overflowed)" ;;
 esac
 expect_eq "grow: the grown snapshot keeps its data" "$(get grow snapshot)" "$(get grow 'grown snapshot still')"
+fi
 
+if ! quick; then
 expect_eq "ext4_rollback: deferred while mounted, merged after umount and refresh, e2fsck -fn clean" \
 	"lvconvert while mounted rc=0|merge finished: sx gone|e2fsck -fn rc=0" \
 	"$(grep -E '^(lvconvert|merge|e2fsck)' /tmp/rs.ext4_rollback | tr '\n' '|' | sed 's/|$//')"
 expect_eq "ext4_rollback: the files are as they were in the snapshot" \
 	"$(get ext4_rollback files)|a b lost+found " "$(get ext4_rollback 'rolled back')|$(get ext4_rollback listing)"
+fi
 unload_drivers
 nullb_remove lv_o; nullb_remove lv_c
 summary

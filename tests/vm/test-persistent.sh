@@ -4,7 +4,7 @@
 # Needs the dm-snap-cow tool in /payload/files (scripts/check ships it).
 # vm-timeout: 1400
 . "$(dirname "$0")/lib.sh"
-ktap_begin persistent 34
+ktap_begin persistent 40 35
 suite_disks ps 32 16
 dd if=/tmp/base of=$O bs=1M oflag=direct 2>/dev/null
 
@@ -74,6 +74,7 @@ must "P snapshot removed" dmsetup remove ps-p
 must "P snapshot reloaded" snap_create ps-origin ps-p "0 $S snapshot $O $C2 P 8"
 expect_eq "invalidation is written to the header: Invalid after reload" "Invalid" "$(dmsetup status ps-p | cut -d' ' -f4-)"
 dmsetup remove ps-p; dmsetup remove ps-origin
+expect_status "dm-snap-cow check reports the invalidated COW as such (status 3)" 3 $TOOL check $C2
 
 # --- damaged COWs: refused as by the C driver ---------------------------------
 C3=$(nullb_create ps_bad 4)
@@ -89,9 +90,37 @@ for kind in magic version chunk; do
 	load_c; bad_cow $kind; c=$(dm_error ps-bad "0 $S snapshot $O $C3 P 8")
 	load_rs; bad_cow $kind; r=$(dm_error ps-bad "0 $S snapshot $O $C3 P 8")
 	expect_refused "COW with a bad $kind refused as by the C driver" "$c" "$r"
-	if $TOOL check $C3 >/dev/null 2>&1; then fail "dm-snap-cow check reports the bad $kind"
-	else ok "dm-snap-cow check reports the bad $kind"; fi
+	expect_status "dm-snap-cow check reports the bad $kind (status 1)" 1 $TOOL check $C3
 done
+# A crafted entry (issue 27): a valid header (chunk 8) and, in the first
+# metadata area, {old 1, new 0xffffffffffffffff}. The C driver loads it
+# (and fails reads of chunk 1); dm_snap_rs refuses it with a log line
+# naming the entry, where its chunk arithmetic once overflowed (a kernel
+# BUG with overflow checks on). Exceptions past the origin are not
+# refused: at lvm2's activation the origin may not be resumed yet.
+# crafted_cow ENTRY: that header and ENTRY (printf's octal escapes: le64
+# old, le64 new) as the only exception of the first area.
+crafted_cow() {
+	dd if=/dev/zero of=$C3 bs=1M count=4 oflag=direct 2>/dev/null
+	printf 'SnAp\001\000\000\000\001\000\000\000\010\000\000\000' | dd of=$C3 bs=512 conv=sync oflag=direct 2>/dev/null
+	printf "$1" | dd of=$C3 bs=512 seek=8 conv=sync oflag=direct 2>/dev/null
+}
+PAST_COW='\001\000\000\000\000\000\000\000\377\377\377\377\377\377\377\377'
+load_c; crafted_cow "$PAST_COW"; c=$(dm_error ps-bad "0 $S snapshot $O $C3 P 8")
+load_rs; crafted_cow "$PAST_COW"; r=$(dm_error ps-bad "0 $S snapshot $O $C3 P 8")
+expect_eq "a COW entry pointing past the COW device is refused with a clear error (the C driver: '$c')" \
+	"snapshot: Failed to read snapshot metadata (-EINVAL)|1" \
+	"$r|$(dmesg | grep -c 'entry 0: exception 1 -> 18446744073709551615 is outside the COW (')"
+expect_status "dm-snap-cow check reports the entry pointing past the COW (status 1)" 1 $TOOL check $C3
+# {old 2^64 - 2, new 2}: the C driver loads it; dm_snap_rs must load it or
+# refuse it with the metadata error, never overflow (a kernel BUG here).
+HUGE_OLD='\376\377\377\377\377\377\377\377\002\000\000\000\000\000\000\000'
+load_c; crafted_cow "$HUGE_OLD"; c=$(dm_error ps-bad "0 $S snapshot $O $C3 P 8")
+load_rs; crafted_cow "$HUGE_OLD"; r=$(dm_error ps-bad "0 $S snapshot $O $C3 P 8")
+case $r in
+created | "snapshot: Failed to read snapshot metadata ("*) ok "an entry for origin chunk 2^64 - 2: '$r' (the C driver: '$c'), no overflow" ;;
+*) fail "an entry for origin chunk 2^64 - 2: loaded or refused as bad metadata" "got '$r' (the C driver: '$c')" ;;
+esac
 # Handover: reloading a P snapshot's table on the same COW (the new table
 # asks for PO and another chunk size: the store follows the COW, the
 # overflow option the new table).
@@ -130,9 +159,12 @@ in_order() {
 	$TOOL dump $C | awk '/^area/ { k = ($2 == a) ? k + 1 : 0; a = $2; n++
 		if ($6 != 2 + 257 * $2 + k) bad++ } BEGIN { a = -1 } END { print n + 0, bad + 0 }'
 }
-load_c; c=$(in_order)
+# (The C driver's run only shows the check can pass: full tier only.)
+if ! quick; then
+	load_c; c=$(in_order)
+	expect_eq "C driver: 2048 concurrent copies recorded in allocation order" "2048 0" "$c"
+fi
 load_rs; r=$(in_order)
-expect_eq "C driver: 2048 concurrent copies recorded in allocation order" "2048 0" "$c"
 expect_eq "2048 concurrent copies recorded in allocation order" "2048 0" "$r"
 
 # A truncated COW: metadata area 0 is full (256 exceptions with 4 KiB
@@ -145,7 +177,7 @@ dd if=/tmp/base of=/dev/mapper/ps-origin bs=4k count=300 oflag=direct 2>/dev/nul
 dmsetup remove ps-full; dmsetup remove ps-origin
 C4=$(nullb_create ps_trunc 1)
 dd if=$C of=$C4 bs=4k count=250 oflag=direct 2>/dev/null
-check "dm-snap-cow check reports the truncated COW" sh -c "! $TOOL check $C4"
+expect_status "dm-snap-cow check reports the truncated COW (status 1)" 1 $TOOL check $C4
 r=$(dm_error ps-bad "0 $S snapshot $O $C4 P 8")
 load_c; c=$(dm_error ps-bad "0 $S snapshot $O $C4 P 8")
 expect_refused "truncated COW refused as by the C driver" "$c" "$r"
@@ -168,19 +200,42 @@ cow_grow() {
 	echo "written: $(dmsetup status gc-snap | cut -d' ' -f4-) $(sum $DM/gc-snap 32)"
 	dmsetup remove gc-snap; dmsetup remove gc-origin; dmsetup remove gc-cow
 }
-for kind in N P; do
+# The quick tier grows a P snapshot's COW only (the allocator that steps
+# over metadata areas; N shares the rest).
+kinds="N P"
+quick && kinds=P
+for kind in $kinds; do
 	load_c; cow_grow $kind >/tmp/c.grow 2>&1
 	load_rs; cow_grow $kind >/tmp/rs.grow 2>&1
 	same_output "COW growth ($kind): status and data as the C driver's" /tmp/c.grow /tmp/rs.grow
 	expect_eq "COW growth ($kind): 400 chunks beyond the old size taken, snapshot intact" \
 		"$(sum /tmp/base 32)" "$(sed -n 's/^written: .* //p' /tmp/rs.grow)"
 done
+# A 16 MiB chunk (issue 27): upstream accepts "P 32768"; its commit list
+# (8 MiB of entries per area) and bucket heads need kvmalloc, not kmalloc,
+# or the table is refused with a WARNING from the page allocator.
+C5=$(nullb_create ps_big 64)
+big_chunk() {
+	dd if=/dev/zero of=$C5 bs=1M count=1 oflag=direct 2>/dev/null
+	snap_setup bc-origin bc-snap "0 $S snapshot $O $C5 P 32768" || return 1
+	echo "created: $(dmsetup status bc-snap | cut -d' ' -f4-) $(dmsetup table bc-snap | cut -d' ' -f6-)"
+	dd if=/tmp/base of=$DM/bc-origin bs=64k skip=40 seek=3 count=8 oflag=direct 2>/dev/null
+	echo "after: $(dm_state bc-snap 32)"
+	dmsetup remove bc-snap; dmsetup remove bc-origin
+}
+load_c; big_chunk >/tmp/c.big 2>&1
+load_rs; big_chunk >/tmp/rs.big 2>&1
+same_output "a 16 MiB chunk (P 32768): accepted, status and data as the C driver's" /tmp/c.big /tmp/rs.big
+expect_eq "a 16 MiB chunk: the snapshot keeps the origin's data under origin writes" "$(sum /tmp/base 32)" \
+	"$(sed -n 's/^after: .* //p' /tmp/rs.big | grep . || echo MISSING)"
 unload_drivers
-nullb_remove ps_o; nullb_remove ps_c; nullb_remove ps_small; nullb_remove ps_bad; nullb_remove ps_trunc
+nullb_remove ps_o; nullb_remove ps_c; nullb_remove ps_small; nullb_remove ps_bad; nullb_remove ps_trunc; nullb_remove ps_big
 
 # --- differential: random workloads on P and PO stores --------------------------
-for spec in P:8:31 PO:16:32 P:128:33; do
-	store=${spec%%:*} rest=${spec#*:} chunk=${rest%:*} seed=${rest#*:}
+specs="P:8:31 PO:16:32 P:128:33"
+quick && specs="P:8:31"
+for spec in $specs; do
+	store=${spec%%:*} rest=${spec#*:} chunk=${rest%:*} seed=$(( (${DMSR_SEED:-0} + ${rest#*:}) % 1000000 ))
 	STORE=$store differential "random workload, $store chunk $chunk, seed $seed" $chunk $seed
 done
 unload_drivers

@@ -55,7 +55,7 @@ fio --name=t --filename=$DM/rc-origin --rw=randwrite --bs=4k --direct=1 --ioengi
 	--output=/tmp/fio.th >/dev/null 2>&1 &
 fpid=$!
 n=0
-while kill -0 $fpid 2>/dev/null && [ $n -lt 240 ]; do sleep 0.5; n=$((n + 1)); done
+while kill -0 $fpid 2>/dev/null && [ $n -lt $(scaled 240) ]; do sleep 0.5; n=$((n + 1)); done
 if kill -0 $fpid 2>/dev/null; then
 	fail "8 origin writers with snapshot_cow_threshold=1 finish (no lost wakeup)" \
 		"fio still running 120 s after a 6 s run: writers hang"

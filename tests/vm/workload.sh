@@ -68,13 +68,17 @@ while read -r op a b c d; do
 		dd if=/tmp/wl.pat of=/dev/mapper/wl-s$a bs=512 seek=$b count=$c skip=$d oflag=direct 2>/dev/null ||
 			echo "sw $a $b $c: error" >>"$OUT" ;;
 	sr) [ $a -le $nsnap ] && [ "$merging$a" != 11 ] || continue
-		r=$(dd if=/dev/mapper/wl-s$a bs=512 skip=$b count=$c iflag=direct 2>/dev/null | md5sum | cut -c1-12)
+		# A failed read is recorded as such (the same EIO on both drivers
+		# is parity), never as the checksum of nothing.
+		rm -f /tmp/wl.rf
+		r=$({ dd if=/dev/mapper/wl-s$a bs=512 skip=$b count=$c iflag=direct 2>/dev/null || echo >/tmp/wl.rf; } | md5sum | cut -c1-12)
+		[ -e /tmp/wl.rf ] && r=read-error
 		echo "sr $a $b $c $r" >>"$OUT" ;;
 	esac
 done </tmp/wl.ops
 if [ $merging = 1 ]; then
 	i=0
-	while [ $i -lt 300 ]; do
+	while [ $i -lt $(scaled 300) ]; do
 		st=$(dmsetup status wl-origin | cut -d' ' -f4-)
 		case $st in */*\ *) [ "${st%%/*}" = "${st##* }" ] && break ;; *) break ;; esac
 		sleep 0.2; i=$((i + 1))
