@@ -130,7 +130,7 @@ fn walk(cow: &mut Cow) -> std::io::Result<Report> {
     let walked = walk_metadata(&mut reader, c, dev_chunks, |area, k, old, new| {
         exceptions.push((area, old, new));
         let where_ = format!("area {} entry {}", area, k);
-        if new >= dev_chunks {
+        if !entry_in_range(new, dev_chunks) {
             errors.push(format!(
                 "{}: COW chunk {} is outside the device ({} chunks)",
                 where_, new, dev_chunks
