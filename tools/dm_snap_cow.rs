@@ -15,11 +15,14 @@
 //!                           check a snapshot of it serves the stamps
 //! dm-snap-cow random <seed> <MiB>
 //!                           reproducible pseudo-random data on stdout (tests)
+//! dm-snap-cow md5 <device> <block-bytes> [<block>...]
+//!                           md5 of blocks, O_DIRECT, one process (tests)
 //! ```
 //!
 //! The format code is the module's own (`rust/logic/disk_format.rs`).
 
 mod gen;
+mod sums;
 
 use dm_snap_logic::disk_format::*;
 use std::collections::HashMap;
@@ -168,7 +171,7 @@ fn walk(cow: &mut Cow) -> std::io::Result<Report> {
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
     const USAGE: &str = "usage: dm-snap-cow [-q] dump|check <cow device or image>\n\
-         \x20      dm-snap-cow gen|sample|random ... (test helpers, see the source)\n\
+         \x20      dm-snap-cow gen|sample|random|md5 ... (test helpers, see the source)\n\
          check exits 0 if consistent, 1 if damaged, 2 on usage or I/O errors,\n\
          3 if consistent but the snapshot is marked invalid";
     let mut args = args;
@@ -191,6 +194,7 @@ fn main() -> ExitCode {
         Some("gen") => Some(gen::run as fn(&[String]) -> Result<(), String>),
         Some("sample") => Some(gen::sample as fn(&[String]) -> Result<(), String>),
         Some("random") => Some(gen::random as fn(&[String]) -> Result<(), String>),
+        Some("md5") => Some(sums::run as fn(&[String]) -> Result<(), String>),
         _ => None,
     };
     if let Some(sub) = sub {
