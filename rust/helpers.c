@@ -20,6 +20,13 @@ bool dmsr_shared_copy = true;
 module_param_named(snapshot_shared_copy, dmsr_shared_copy, bool, 0644);
 MODULE_PARM_DESC(snapshot_shared_copy, "Copy an origin chunk for up to 8 snapshots of one chunk size with one origin read (0: one copy per snapshot, as upstream)");
 
+/* Testing only: widens the window in which a copy completion still holds
+ * a snapshot after completing its exception (the shared-copy teardown
+ * race of issue 27). 0, the default, costs nothing. */
+unsigned int dmsr_test_copy_done_delay_ms;
+module_param_named(test_copy_done_delay_ms, dmsr_test_copy_done_delay_ms, uint, 0644);
+MODULE_PARM_DESC(test_copy_done_delay_ms, "Testing only: milliseconds a copy completion waits after completing a snapshot's exception (0: none)");
+
 DECLARE_DM_KCOPYD_THROTTLE_WITH_MODULE_PARM(snapshot_copy_throttle,
 		"A percentage of time allocated for copy on write");
 
@@ -52,6 +59,21 @@ sector_t dmsr_bdev_nr_sectors(struct block_device *bdev)
 unsigned int dmsr_bdev_logical_block_size(struct block_device *bdev)
 {
 	return bdev_logical_block_size(bdev);
+}
+
+void dmsr_bdev_get(struct block_device *bdev)
+{
+	get_device(&bdev->bd_device);
+}
+
+void dmsr_bdev_put(struct block_device *bdev)
+{
+	put_device(&bdev->bd_device);
+}
+
+dev_t dmsr_bdev_dev(struct block_device *bdev)
+{
+	return bdev->bd_dev;
 }
 
 mempool_t *dmsr_mempool_create(int min_nr, size_t size)

@@ -26,6 +26,11 @@ void dmsr_bio_endio_status(struct bio *bio, blk_status_t status);
 unsigned int dmsr_bio_target_nr(const struct bio *bio);
 sector_t dmsr_bdev_nr_sectors(struct block_device *bdev);
 unsigned int dmsr_bdev_logical_block_size(struct block_device *bdev);
+/* A reference to the block device's struct device: keeps the
+ * block_device itself allocated (not the device open). */
+void dmsr_bdev_get(struct block_device *bdev);
+void dmsr_bdev_put(struct block_device *bdev);
+dev_t dmsr_bdev_dev(struct block_device *bdev);
 
 /*
  * hlist_bl bucket locks: bit 0 of the head, preemption off while held.
@@ -67,6 +72,7 @@ extern bool dmsr_exception_index;
 
 /* The snapshot_shared_copy module parameter (read per origin write). */
 extern bool dmsr_shared_copy;
+extern unsigned int dmsr_test_copy_done_delay_ms;
 
 void dmsr_fsleep(unsigned long usecs);
 

@@ -8,7 +8,7 @@
 //! dropped one is ended with an I/O error rather than leaked, so a lost bio
 //! fails loudly instead of hanging its submitter.
 
-use super::device::TableDev;
+use super::device::Bdev;
 use crate::bindings as sys;
 use core::ops::{Deref, DerefMut};
 use core::ptr::{self, NonNull};
@@ -86,7 +86,7 @@ impl Bio {
     }
 
     /// Points the bio at `dev`.
-    pub fn set_dev(&mut self, dev: &TableDev) {
+    pub fn set_dev(&mut self, dev: &Bdev) {
         // SAFETY: the bio is valid and ours to change; `dev` holds its bdev.
         unsafe { sys::dmsr_bio_set_dev(self.raw(), dev.raw_bdev()) };
     }

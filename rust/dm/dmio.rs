@@ -3,7 +3,7 @@
 //!
 //! C header: [`include/linux/dm-io.h`](srctree/include/linux/dm-io.h).
 
-use super::device::TableDev;
+use super::device::Bdev;
 use crate::bindings as sys;
 use core::ptr::NonNull;
 use kernel::alloc::VVec;
@@ -50,7 +50,7 @@ impl DmIo {
 
     fn io(
         &self,
-        dev: &TableDev,
+        dev: &Bdev,
         sector: u64,
         buf: *mut u8,
         len: usize,
@@ -74,7 +74,7 @@ impl DmIo {
     }
 
     /// Reads `buf.len()` bytes at `sector` of `dev`; sleeps.
-    pub fn read(&self, dev: &TableDev, sector: u64, buf: &mut IoBuf) -> Result {
+    pub fn read(&self, dev: &Bdev, sector: u64, buf: &mut IoBuf) -> Result {
         let len = buf.0.len();
         self.io(dev, sector, buf.0.as_mut_ptr(), len, false, false)
     }
@@ -85,7 +85,7 @@ impl DmIo {
     /// at once; sleeps until all are done. `EIO` if one failed.
     pub fn read_strided(
         &self,
-        dev: &TableDev,
+        dev: &Bdev,
         first: u64,
         stride: u64,
         n: usize,
@@ -116,7 +116,7 @@ impl DmIo {
 
     /// Writes `buf` at `sector` of `dev`, with PREFLUSH|FUA if `commit`;
     /// sleeps.
-    pub fn write(&self, dev: &TableDev, sector: u64, buf: &IoBuf, commit: bool) -> Result {
+    pub fn write(&self, dev: &Bdev, sector: u64, buf: &IoBuf, commit: bool) -> Result {
         // dm-io only reads the buffer for a write.
         self.io(
             dev,

@@ -12,7 +12,7 @@
 //! point into goes: closing refuses new jobs and waits until every callback
 //! has returned (`dm_kcopyd_client_destroy`).
 
-use super::device::TableDev;
+use super::device::Bdev;
 use super::OwnedBio;
 use crate::bindings as sys;
 use core::ptr::{self, NonNull};
@@ -26,7 +26,7 @@ use kernel::types::ForeignOwnable;
 /// Where a copy reads or writes.
 pub struct Region<'a> {
     /// The device.
-    pub dev: &'a TableDev,
+    pub dev: &'a Bdev,
     /// First sector.
     pub sector: u64,
     /// Length in sectors.

@@ -17,7 +17,7 @@ pub mod target;
 
 pub use bio::Bio;
 pub use bio::{BioList, Mapped, OwnedBio};
-pub use device::{BdevKey, TableDev};
+pub use device::{Bdev, BdevKey, DevName, TableDev};
 pub use status::{StatusBuf, StatusType};
 pub use target::{
     CtrError, DeviceVisitor, QueueLimits, Registration, Setup, Target, TargetOps, TargetRef,
@@ -45,6 +45,14 @@ pub fn exception_index() -> bool {
     // SAFETY: as in `cow_threshold`: a module-lifetime `bool` that sysfs
     // stores 0 or 1 to, read once, volatile (one byte, never torn).
     unsafe { core::ptr::read_volatile(&raw const crate::bindings::dmsr_exception_index) }
+}
+
+/// The `test_copy_done_delay_ms` module parameter (testing only): how long
+/// a copy completion waits, still holding its snapshot, after completing
+/// the snapshot's exception. 0 in production.
+pub fn test_copy_done_delay_ms() -> u32 {
+    // SAFETY: as in `cow_threshold`.
+    unsafe { core::ptr::read_volatile(&raw const crate::bindings::dmsr_test_copy_done_delay_ms) }
 }
 
 /// The `snapshot_shared_copy` module parameter: whether an origin write

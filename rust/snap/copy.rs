@@ -624,11 +624,19 @@ impl MultiCopyJob for PendingTicket {
 impl CopyJob for PendingTicket {
     fn done(self, ok: bool) {
         // Our own reference: the ticket's goes with its pending exception,
-        // freed before this returns. Never the last one: the target closes
-        // the kcopyd client, which waits for this callback, before it
-        // drops its own.
+        // freed before `copy_done` returns. It may be the last one: the
+        // part of a shared copy that belongs to another snapshot completes
+        // on this client's worker, and that snapshot's target may be gone
+        // as soon as its exception is (its shutdown waits for its own
+        // pending exceptions and its own client only). That is why a
+        // `Snap` holds nothing that dies with its target (see `Snap`).
         let s = self.ctx().snap.clone();
         s.copy_done(self, ok);
+        let delay = crate::dm::test_copy_done_delay_ms();
+        if delay != 0 {
+            // Testing only: holds `s` while the target may go away.
+            crate::dm::fsleep_us(u64::from(delay) * 1000);
+        }
     }
 }
 

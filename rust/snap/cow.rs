@@ -10,11 +10,22 @@
 //! buckets are bit-locked as a pair ([`ChunkBuckets`]); the store's
 //! allocator is a spinlock inside them. Nothing sleeps under a bucket lock.
 //!
-//! A `Snap` is shared (`Arc`) by its target, the registry and each pending
-//! exception. [`Snap::shutdown`], from the target's drop, takes it out of
-//! the registry, waits for its pending exceptions and closes its kcopyd
-//! client (which waits for every callback to return) before the target
-//! lets go of it, so the last reference never goes in a kcopyd callback.
+//! A `Snap` is shared (`Arc`) by its target, the registry, each pending
+//! exception and whoever works on one of them for a moment (an origin
+//! writer starting a shared copy, a copy completion). [`Snap::shutdown`],
+//! from the target's drop, takes it out of the registry, waits for its
+//! pending exceptions and closes its kcopyd client (which waits for every
+//! callback to return). It cannot wait for the callbacks of other
+//! snapshots' clients, which complete this one's part of a shared copy and
+//! may hold the last reference after its target is gone.
+//!
+//! The lifetime rule: **a `Snap` owns nothing that dies with its target.**
+//! The table devices (`dm_get_device`, put against the target's table)
+//! belong to the target ([`super::snapshot::Snapshot`]); a `Snap` holds
+//! references to the block devices ([`Bdev`]), which outlive any table.
+//! Its `TargetRef` is used only while it is registered or has a pending
+//! exception, both of which the target's shutdown waits out; dropping it
+//! touches nothing.
 
 use super::copy::{Pending, MIN_IOS};
 use super::persistent::PersistentIo;
@@ -22,7 +33,7 @@ use super::registry::{HandoverError, Registry};
 use super::store::Store;
 use super::throttle::Tracking;
 use crate::dm::kcopyd::Kcopyd;
-use crate::dm::{BioList, TableDev, TargetRef};
+use crate::dm::{Bdev, BioList, TargetRef};
 use crate::logic::chunk::{
     complete_hash_shift, table_sizes, Chunk, ChunkGeometry, MAX_TABLE_BYTES,
 };
@@ -146,14 +157,17 @@ pub(crate) struct Snap {
     /// `PO`: a full COW on a snapshot write overflows instead of
     /// invalidating (a property of the table, kept across a handover).
     pub(crate) po: bool,
-    pub(crate) cow: TableDev,
-    pub(crate) origin: TableDev,
+    /// The devices, as references to the block devices, not the target's
+    /// table devices: a `Snap` can outlive its target (see [`Snap`]'s
+    /// lifetime rule), and what it holds must not die with the target.
+    pub(crate) cow: Bdev,
+    pub(crate) origin: Bdev,
 }
 
 /// Construction arguments of a [`Snap`].
 pub(crate) struct SnapArgs {
-    pub(crate) origin: TableDev,
-    pub(crate) cow: TableDev,
+    pub(crate) origin: Bdev,
+    pub(crate) cow: Bdev,
     pub(crate) store: Store,
     pub(crate) geometry: ChunkGeometry,
     pub(crate) po: bool,

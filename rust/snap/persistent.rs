@@ -11,7 +11,7 @@
 
 use super::copy::PendingTicket;
 use crate::dm::dmio::{DmIo, IoBuf, MetadataWq};
-use crate::dm::TableDev;
+use crate::dm::Bdev;
 use crate::logic::chunk::{Chunk, ChunkGeometry};
 use crate::logic::disk_format::{
     area_location, check_header, entry_in_range, exceptions_per_area, walk_metadata, AreaReader,
@@ -43,7 +43,7 @@ struct Commit {
 /// COW reads little beyond its last area) to [`MAX_WINDOW_BYTES`].
 struct AreaIo<'a> {
     io: &'a DmIo,
-    cow: &'a TableDev,
+    cow: &'a Bdev,
     g: ChunkGeometry,
     /// The areas read, one chunk each.
     buf: IoBuf,
@@ -63,7 +63,7 @@ struct AreaIo<'a> {
 const MAX_WINDOW_BYTES: usize = 1 << 20;
 
 impl<'a> AreaIo<'a> {
-    fn new(io: &'a DmIo, cow: &'a TableDev, g: ChunkGeometry) -> Result<Self> {
+    fn new(io: &'a DmIo, cow: &'a Bdev, g: ChunkGeometry) -> Result<Self> {
         let cb = chunk_bytes(g.sectors());
         let max = (MAX_WINDOW_BYTES / cb).clamp(1, 64) as u64;
         Ok(Self {
@@ -195,7 +195,7 @@ impl PersistentIo {
     /// size, or upstream's default for 0; an existing header's chunk size
     /// wins and is checked with `valid_chunk`. Nothing is written.
     pub(crate) fn open(
-        cow: &TableDev,
+        cow: &Bdev,
         table_chunk: u32,
         valid_chunk: impl Fn(u32) -> bool,
     ) -> Result<(Arc<Self>, Loaded), LoadError> {
@@ -263,7 +263,7 @@ impl PersistentIo {
         Ok((pio, loaded))
     }
 
-    fn write_header(&self, cow: &TableDev, g: ChunkGeometry, valid: bool) -> Result {
+    fn write_header(&self, cow: &Bdev, g: ChunkGeometry, valid: bool) -> Result {
         let mut h = self.header.lock();
         let mut hd = Header::new(g.sectors());
         hd.valid = u32::from(valid);
@@ -272,7 +272,7 @@ impl PersistentIo {
     }
 
     /// Sets up a new COW: header, then an empty first area.
-    pub(crate) fn init_new(&self, cow: &TableDev, g: ChunkGeometry) -> Result {
+    pub(crate) fn init_new(&self, cow: &Bdev, g: ChunkGeometry) -> Result {
         self.write_header(cow, g, true)?;
         let c = self.commit.lock();
         self.io.write(
@@ -292,7 +292,7 @@ impl PersistentIo {
     /// device (or, with a chunk number near 2^64, overflows).
     pub(crate) fn read_exceptions(
         &self,
-        cow: &TableDev,
+        cow: &Bdev,
         g: ChunkGeometry,
         alloc: &mut Allocator,
         mut add: impl FnMut(Chunk, Chunk) -> Result,
@@ -354,7 +354,7 @@ impl PersistentIo {
     /// them and then gives the list back with [`PersistentIo::recycle`].
     pub(crate) fn commit(
         &self,
-        cow: &TableDev,
+        cow: &Bdev,
         g: ChunkGeometry,
         pe: PendingTicket,
         old: Chunk,
@@ -415,7 +415,7 @@ impl PersistentIo {
     /// The next run of exceptions to merge, newest first, reading the
     /// area before when the current one is empty
     /// (`persistent_prepare_merge`); `None` when everything is merged.
-    pub(crate) fn prepare_merge(&self, cow: &TableDev, g: ChunkGeometry) -> Result<Option<Batch>> {
+    pub(crate) fn prepare_merge(&self, cow: &Bdev, g: ChunkGeometry) -> Result<Option<Batch>> {
         let mut guard = self.commit.lock();
         let c = &mut *guard;
         loop {
@@ -433,7 +433,7 @@ impl PersistentIo {
     /// new `next_free`, for status.
     pub(crate) fn commit_merge(
         &self,
-        cow: &TableDev,
+        cow: &Bdev,
         g: ChunkGeometry,
         merged: usize,
     ) -> Result<Chunk> {
@@ -453,7 +453,7 @@ impl PersistentIo {
     /// Makes an invalidation permanent (`persistent_drop_snapshot`): no
     /// further commits, and the header says invalid. The header is written
     /// from the metadata workqueue, as the caller may be submitting a bio.
-    pub(crate) fn drop_snapshot(&self, cow: &TableDev, g: ChunkGeometry) {
+    pub(crate) fn drop_snapshot(&self, cow: &Bdev, g: ChunkGeometry) {
         self.commit.lock().valid = false;
         self.wq.run(|| {
             if self.write_header(cow, g, false).is_err() {

@@ -9,7 +9,7 @@ use super::persistent::Loaded;
 use super::registry::Registry;
 use crate::dm::{
     Bio, CtrError, DeviceVisitor, Mapped, OwnedBio, QueueLimits, Setup, StatusBuf, StatusType,
-    Target, TargetOps,
+    TableDev, Target, TargetOps,
 };
 use crate::logic::chunk::{Chunk, ChunkGeometry};
 use crate::logic::table::{parse_snapshot, StoreKind};
@@ -43,6 +43,11 @@ enum After {
 /// [`Snap::shutdown`]) before letting go of it.
 pub(crate) struct Snapshot {
     pub(super) snap: Arc<Snap>,
+    /// The table's devices, put when the target goes (after `snap` is
+    /// shut down): the target owns them, never the `Snap`, which holds
+    /// references to the block devices only.
+    pub(super) origin_dev: TableDev,
+    pub(super) cow_dev: TableDev,
 }
 
 impl Drop for Snapshot {
@@ -172,8 +177,8 @@ impl Snapshot {
         let po = matches!(kind, StoreKind::Persistent { overflow: true });
         let (zeroes, passdown) = (args.discard_zeroes_cow, args.discard_passdown_origin);
         let snap = Snap::new(SnapArgs {
-            origin,
-            cow,
+            origin: origin.share(),
+            cow: cow.share(),
             store,
             geometry,
             po,
@@ -192,8 +197,15 @@ impl Snapshot {
         });
         let dest = Snap::register(&snap).map_err(register_error)?;
         // From here on, a failure drops the target, which unregisters.
-        let this = KBox::pin(Snapshot { snap }, GFP_KERNEL)
-            .map_err(|_| CtrError::new(c"Cannot allocate private snapshot structure", ENOMEM))?;
+        let this = KBox::pin(
+            Snapshot {
+                snap,
+                origin_dev: origin,
+                cow_dev: cow,
+            },
+            GFP_KERNEL,
+        )
+        .map_err(|_| CtrError::new(c"Cannot allocate private snapshot structure", ENOMEM))?;
         if !dest {
             // A handover destination learns its chunk size (and
             // max_io_len) when it takes over the exceptions at resume.
@@ -344,12 +356,11 @@ impl Snapshot {
 
     /// `snapshot_iterate_devices`.
     pub(super) fn iterate_impl(&self, target: &Target, visit: &mut DeviceVisitor<'_>) -> c_int {
-        let s = &*self.snap;
-        let r = visit.visit(&s.origin, 0, target.len());
+        let r = visit.visit(&self.origin_dev, 0, target.len());
         if r != 0 {
             return r;
         }
-        visit.visit(&s.cow, 0, s.cow.nr_sectors())
+        visit.visit(&self.cow_dev, 0, self.cow_dev.nr_sectors())
     }
 
     /// `snapshot_io_hints`.

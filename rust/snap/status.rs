@@ -36,7 +36,7 @@ impl Snapshot {
                 }
             }
             StatusType::Table => {
-                let _ = write!(out, "{} {}", s.origin.name(), s.cow.name());
+                let _ = write!(out, "{} {}", self.origin_dev.name(), self.cow_dev.name());
                 let st = s.state.read();
                 // A destination not yet resumed has no chunk size yet.
                 let chunk = if st.handover_dest {
@@ -68,8 +68,8 @@ impl Snapshot {
                     major,
                     minor,
                     patch,
-                    s.origin.name(),
-                    s.cow.name(),
+                    self.origin_dev.name(),
+                    self.cow_dev.name(),
                     yn(st.valid),
                     yn(st.merge_failed),
                     yn(st.overflowed)
