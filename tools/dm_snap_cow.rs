@@ -138,7 +138,13 @@ fn walk(cow: &mut Cow) -> std::io::Result<Report> {
                 "{}: COW chunk {} is outside the device ({} chunks)",
                 where_, new, dev_chunks
             ));
-        } else if (new - 1) % (epa + 1) == 0 {
+        } else if !origin_chunk_addressable(old, c) {
+            errors.push(format!(
+                "{}: origin chunk {} is past any origin (its sectors do not fit 64 bits)",
+                where_, old
+            ));
+        }
+        if entry_in_range(new, dev_chunks) && (new - 1) % (epa + 1) == 0 {
             errors.push(format!("{}: COW chunk {} is a metadata area", where_, new));
         }
         if let Some((a, o)) = seen_new.insert(new, (area, old)) {

@@ -198,6 +198,17 @@ pub fn entry_in_range(new: Chunk, dev_chunks: u64) -> bool {
     new < dev_chunks && new >> super::exception_table::CHUNK_NUMBER_BITS == 0
 }
 
+/// True if origin chunk `old` of `chunk_sectors` sectors has sectors that
+/// fit 64 bits (its last one included). The origin's size is not known at
+/// construction (see [`entry_in_range`]), but no origin has a chunk past
+/// this; upstream loads such an entry, and a merge of it shifts the chunk
+/// number out of range and copies to a wrapped-around origin sector.
+pub fn origin_chunk_addressable(old: Chunk, chunk_sectors: u32) -> bool {
+    old.checked_add(1)
+        .and_then(|end| end.checked_mul(u64::from(chunk_sectors)))
+        .is_some()
+}
+
 /// Reads metadata areas for [`walk_metadata`]: the module through dm-io,
 /// `dm-snap-cow` from a file.
 pub trait AreaReader {

@@ -61,9 +61,12 @@ impl Committer {
             }
             n += 1;
         }
+        // `old` and `new` are at least `n - 1` (each step back was checked
+        // above), and may be `u64::MAX` (a crafted COW): no `+ 1` first.
+        let back = n as u64 - 1;
         MergeStep::Batch(Batch {
-            old: old + 1 - n as u64,
-            new: new + 1 - n as u64,
+            old: old - back,
+            new: new - back,
             chunks: n,
         })
     }
@@ -87,6 +90,7 @@ impl Committer {
     /// status reads during a merge (`persistent_commit_merge`).
     pub fn merge_written(&mut self, merged: usize) -> Chunk {
         self.current_committed -= merged.min(self.current_committed);
-        area_location(self.current_area, self.chunk_sectors()) + self.current_committed as u64 + 1
+        area_location(self.current_area, self.chunk_sectors())
+            .saturating_add(self.current_committed as u64 + 1)
     }
 }

@@ -14,8 +14,8 @@ use crate::dm::dmio::{DmIo, IoBuf, MetadataWq};
 use crate::dm::Bdev;
 use crate::logic::chunk::{Chunk, ChunkGeometry};
 use crate::logic::disk_format::{
-    area_location, check_header, entry_in_range, exceptions_per_area, walk_metadata, AreaReader,
-    Header, HeaderError, WalkError, DEFAULT_CHUNK_SECTORS,
+    area_location, check_header, entry_in_range, exceptions_per_area, origin_chunk_addressable,
+    walk_metadata, AreaReader, Header, HeaderError, WalkError, DEFAULT_CHUNK_SECTORS,
 };
 use crate::logic::merge::{Batch, MergeStep};
 use crate::logic::persistent::{Allocator, CommitStep, Committer};
@@ -304,7 +304,7 @@ impl PersistentIo {
         // failed read), its error wins, as the C driver gives it.
         let mut outside: Option<(u64, usize, Chunk, Chunk)> = None;
         let end = walk_metadata(&mut r, g.sectors(), dev_chunks, |area, k, old, new| {
-            if !entry_in_range(new, dev_chunks) {
+            if !entry_in_range(new, dev_chunks) || !origin_chunk_addressable(old, g.sectors()) {
                 outside.get_or_insert((area, k, old, new));
                 return Ok(());
             }
@@ -320,7 +320,7 @@ impl PersistentIo {
         })?;
         if let Some((area, k, old, new)) = outside {
             pr_err!(
-                "snapshots: COW metadata area {} entry {}: exception {} -> {} is outside the COW ({} chunks)\n",
+                "snapshots: COW metadata area {} entry {}: exception {} -> {} is outside the COW ({} chunks) or past any origin\n",
                 area,
                 k,
                 old,

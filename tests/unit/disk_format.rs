@@ -255,6 +255,12 @@ fn crafted_entries_are_out_of_range_and_do_not_overflow() {
     assert!(!entry_in_range(1024, 1024));
     assert!(!entry_in_range(1 << 56, u64::MAX));
     assert!(entry_in_range(1023, 1024));
+    use dm_snap_logic::disk_format::origin_chunk_addressable;
+    assert!(!origin_chunk_addressable(u64::MAX, 1));
+    assert!(origin_chunk_addressable(u64::MAX - 1, 1));
+    assert!(!origin_chunk_addressable(1 << 61, 8));
+    assert!(origin_chunk_addressable((1 << 61) - 2, 8));
+    assert!(!origin_chunk_addressable((1 << 61) - 1, 8));
     let mut a = Allocator::new();
     a.saw(u64::MAX);
     assert_eq!(a.next_free, u64::MAX);
