@@ -33,7 +33,7 @@ endif
 export PATH := /usr/lib/llvm-19/bin:$(HOME)/.cargo/bin:$(PATH)
 KMAKE = $(MAKE) -C $(KDIR) M=$(ROOT) LLVM=1 RUSTC=/usr/bin/rustc BINDGEN=bindgen CLIPPY_DRIVER=/usr/bin/clippy-driver
 
-.PHONY: all module kernel clean check check-full demo bench bench-scale rust-analyzer clippy fmt unit install uninstall
+.PHONY: all module kernel clean check check-full fuzz demo bench bench-scale rust-analyzer clippy fmt unit install uninstall
 
 all: module
 
@@ -77,6 +77,10 @@ check:
 
 check-full:
 	$(ROOT)/scripts/check --full
+
+# Each fuzz target for FUZZ_SECONDS (default 600); see scripts/fuzz.
+fuzz:
+	$(ROOT)/scripts/fuzz $(FUZZ_SECONDS)
 
 demo:
 	$(ROOT)/scripts/demo

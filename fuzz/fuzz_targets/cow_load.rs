@@ -1,0 +1,7 @@
+//! Fuzz target `cow_load`: see `tests/common/fuzz_bodies.rs`.
+#![no_main]
+
+#[path = "../../tests/common/fuzz_bodies.rs"]
+mod bodies;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| bodies::cow_load(data));
