@@ -268,3 +268,42 @@ fn crafted_entries_are_out_of_range_and_do_not_overflow() {
     assert_eq!(a.prepare(8, u64::MAX), None);
     a.finish_read(8);
 }
+
+/// `dm-snap-cow dump | head`: the reader goes away after a few lines. The
+/// tool used to buffer the whole dump and panic on the broken pipe; it
+/// streams now and ends quietly.
+#[test]
+fn dump_streams_into_a_closed_pipe() {
+    use std::io::Read;
+    use std::process::Stdio;
+    let ex: Vec<_> = (0..20000u64).map(|i| (i * 3, 0)).collect();
+    let epa = exceptions_per_area(C);
+    // COW chunks in allocation order: data chunks only, metadata skipped.
+    let ex: Vec<_> = ex
+        .iter()
+        .enumerate()
+        .map(|(i, &(o, _))| {
+            let i = i as u64;
+            (o, 2 + i / epa * (epa + 1) + i % epa)
+        })
+        .collect();
+    let img = image(ex.last().map_or(16, |e| e.1 + 2), &ex);
+    let path = std::env::temp_dir().join(format!("dm-snap-cow-pipe-{}", std::process::id()));
+    std::fs::write(&path, &img).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dm-snap-cow"))
+        .arg("dump")
+        .arg(&path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 256];
+    child.stdout.as_mut().unwrap().read_exact(&mut first).unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    std::fs::remove_file(&path).ok();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(String::from_utf8_lossy(&first).starts_with("magic 0x70416e53"));
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(out.status.code(), Some(0), "{err}");
+}
