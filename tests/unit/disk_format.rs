@@ -298,7 +298,12 @@ fn dump_streams_into_a_closed_pipe() {
         .spawn()
         .unwrap();
     let mut first = [0u8; 256];
-    child.stdout.as_mut().unwrap().read_exact(&mut first).unwrap();
+    child
+        .stdout
+        .as_mut()
+        .unwrap()
+        .read_exact(&mut first)
+        .unwrap();
     drop(child.stdout.take());
     let out = child.wait_with_output().unwrap();
     std::fs::remove_file(&path).ok();
