@@ -379,13 +379,26 @@ impl Snap {
 
     /// Reads a persistent store's exceptions into the complete table and
     /// its allocator (`read_metadata`, at construction); a no-op for `N`.
+    ///
+    /// No I/O under the state lock: upstream's constructor reads and
+    /// writes the store's metadata holding no snapshot lock, and a COW
+    /// stacked on another snapshot sends that I/O through the other
+    /// snapshot's `map`, which takes its own state lock of the same lock
+    /// class (lockdep: possible recursive locking, lvm2's
+    /// `snapshot-remove-dmsetup`). The lock is taken around each batch's
+    /// insertion only; nothing else writes the state meanwhile (the target
+    /// is not resumed yet, so no handover; an origin write skips a
+    /// snapshot that is not active).
     pub(crate) fn read_metadata(&self) -> Result {
-        let st = self.state.read();
-        let (mut alloc, pio) = match &st.alloc().store {
-            Store::Persistent { alloc, io } => (*alloc, io.clone()),
-            Store::Transient(_) => return Ok(()),
+        let (mut alloc, pio, g) = {
+            let st = self.state.read();
+            let g = st.geometry();
+            let a = st.alloc();
+            match &a.store {
+                Store::Persistent { alloc, io } => (*alloc, io.clone(), g),
+                Store::Transient(_) => return Ok(()),
+            }
         };
-        let table = &st.exc.complete;
         // A bulk load from sorted batches: exceptions come in allocation
         // order, scattered over the origin; sorted by a stable radix sort
         // (equal chunks keep their order, and the first mapping wins), they
@@ -394,11 +407,13 @@ impl Snap {
         let mut scratch = VVec::from_elem((0, 0), LOAD_BATCH, GFP_KERNEL)?;
         let mut flush = |b: &mut VVec<(Chunk, Chunk)>| -> Result {
             radix_sort_by_key(b, &mut scratch, |&(old, _)| old);
-            let r = table.insert_sorted(b, |&(old, new)| (old, new));
+            let st = self.state.read();
+            let r = st.exc.complete.insert_sorted(b, |&(old, new)| (old, new));
+            drop(st);
             b.clear_keep();
             r
         };
-        pio.read_exceptions(&self.cow, st.geometry(), &mut alloc, |old, new| {
+        pio.read_exceptions(&self.cow, g, &mut alloc, |old, new| {
             batch.push((old, new), GFP_KERNEL)?;
             if batch.len() == LOAD_BATCH {
                 flush(&mut batch)?;
@@ -406,17 +421,22 @@ impl Snap {
             Ok(())
         })?;
         flush(&mut batch)?;
+        let st = self.state.read();
         if let Store::Persistent { alloc: a, .. } = &mut st.alloc().store {
             *a = alloc;
         }
         Ok(())
     }
 
-    /// Writes the header and first area of a new persistent COW.
+    /// Writes the header and first area of a new persistent COW, with no
+    /// lock held (see [`Snap::read_metadata`]).
     pub(crate) fn init_new_cow(&self) -> Result {
-        let st = self.state.read();
-        match st.io() {
-            Some(p) => p.init_new(&self.cow, st.geometry()),
+        let (io, g) = {
+            let st = self.state.read();
+            (st.io(), st.geometry())
+        };
+        match io {
+            Some(p) => p.init_new(&self.cow, g),
             None => Ok(()),
         }
     }

@@ -4,7 +4,7 @@
 # Needs the dm-snap-cow tool in /payload/files (scripts/check ships it).
 # vm-timeout: 1400
 . "$(dirname "$0")/lib.sh"
-ktap_begin persistent 40 35
+ktap_begin persistent 41 36
 suite_disks ps 32 16
 dd if=/tmp/base of=$O bs=1M oflag=direct 2>/dev/null
 
@@ -232,6 +232,30 @@ expect_eq "a 16 MiB chunk: the snapshot keeps the origin's data under origin wri
 	"$(sed -n 's/^after: .* //p' /tmp/rs.big | grep . || echo MISSING)"
 unload_drivers
 nullb_remove ps_o; nullb_remove ps_c; nullb_remove ps_small; nullb_remove ps_bad; nullb_remove ps_trunc; nullb_remove ps_big
+
+# A snapshot whose COW is another snapshot (lvm2's snapshot-remove-dmsetup
+# stacks them so): B's constructor writes and reads its metadata through
+# A's map, which takes A's state lock. B's constructor held its own state
+# lock (same lock class) across that I/O: lockdep reported possible
+# recursive locking (issue 28). Upstream's constructor holds no snapshot
+# lock there, and neither does ours now.
+O1=$(nullb_create ps_st1 16); C1=$(nullb_create ps_stc 16); O2=$(nullb_create ps_st2 8)
+load_rs
+dd if=/dev/zero of=$C1 bs=64k count=1 oflag=direct 2>/dev/null
+origin_create ps-sto1 $O1 || echo "SETUP FAILED: origin 1"
+snap_create ps-sto1 ps-sta "0 $(blockdev --getsz $O1) snapshot $O1 $C1 P 8" || echo "SETUP FAILED: A"
+dd if=/dev/zero of=$DM/ps-sta bs=64k count=1 oflag=direct 2>/dev/null
+dd if=/tmp/base of=$O2 bs=1M count=8 oflag=direct 2>/dev/null
+origin_create ps-sto2 $O2 || echo "SETUP FAILED: origin 2"
+snap_create ps-sto2 ps-stb "0 $(blockdev --getsz $O2) snapshot $O2 $DM/ps-sta P 8" || echo "SETUP FAILED: B"
+dd if=/dev/zero of=$DM/ps-sto2 bs=4k count=16 oflag=direct 2>/dev/null
+dmsetup remove ps-stb
+snap_create ps-sto2 ps-stb "0 $(blockdev --getsz $O2) snapshot $O2 $DM/ps-sta P 8" || echo "SETUP FAILED: B again"
+expect_eq "a snapshot whose COW is another snapshot: created, reloaded, its data kept (no lock held across its metadata I/O)" \
+	"$(sum /tmp/base 8)" "$(sum $DM/ps-stb 8)"
+dmsetup remove ps-stb; dmsetup remove ps-sto2; dmsetup remove ps-sta; dmsetup remove ps-sto1
+unload_drivers
+nullb_remove ps_st1; nullb_remove ps_stc; nullb_remove ps_st2
 
 # --- differential: random workloads on P and PO stores --------------------------
 specs="P:8:31 PO:16:32 P:128:33"
