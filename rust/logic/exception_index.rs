@@ -135,7 +135,8 @@ pub struct ExceptionIndex<H: Deref<Target = [L::Head]>, L: BucketLock> {
 
 impl<H: Deref<Target = [L::Head]>, L: BucketLock> ExceptionIndex<H, L> {
     /// An empty index over `heads`; `None` unless their count is a power
-    /// of two.
+    /// of two and every head is zero (an empty, unlocked shard: the index
+    /// would otherwise follow whatever a head holds as a tree pointer).
     pub fn new(heads: H, layout: CowLayout) -> Option<Self>
     where
         L::Class: Default,
@@ -146,7 +147,10 @@ impl<H: Deref<Target = [L::Head]>, L: BucketLock> ExceptionIndex<H, L> {
     /// The same, with the lock class its shards are checked as.
     pub fn with_class(heads: H, layout: CowLayout, class: L::Class) -> Option<Self> {
         let n = heads.len();
-        n.is_power_of_two().then(|| Self {
+        let empty = heads
+            .iter()
+            .all(|h| L::word(h).load(core::sync::atomic::Ordering::Relaxed) == 0);
+        (n.is_power_of_two() && empty).then(|| Self {
             heads,
             class,
             mask: n as u64 - 1,

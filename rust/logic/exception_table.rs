@@ -163,7 +163,9 @@ impl<H: Deref<Target = [L::Head]>, L: BucketLock> ExceptionTable<H, L> {
     /// complete table (sorted buckets, runs within a group of `1 <<
     /// hash_shift` chunks), 0 a table without runs (pending; a complete
     /// table whose buckets outnumber the origin's chunks, where no run
-    /// could form). `None` unless the head count is a power of two.
+    /// could form). `None` unless the head count is a power of two and
+    /// every head is zero (an empty, unlocked bucket: the table would
+    /// otherwise follow whatever a head holds as an entry pointer).
     pub fn new(heads: H, hash_shift: u32) -> Option<Self>
     where
         L::Class: Default,
@@ -174,7 +176,10 @@ impl<H: Deref<Target = [L::Head]>, L: BucketLock> ExceptionTable<H, L> {
     /// The same, with the lock class its buckets are checked as.
     pub fn with_class(heads: H, hash_shift: u32, class: L::Class) -> Option<Self> {
         let n = heads.as_ref().len();
-        if !n.is_power_of_two() {
+        let empty = heads
+            .iter()
+            .all(|h| L::word(h).load(core::sync::atomic::Ordering::Relaxed) == 0);
+        if !n.is_power_of_two() || !empty {
             return None;
         }
         Some(Self {

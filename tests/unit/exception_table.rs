@@ -433,3 +433,16 @@ fn extreme_chunk_numbers_do_not_overflow() {
     assert_eq!(lookup(&t, 3), None);
     free_all(&mut t);
 }
+
+/// A table or index over heads that are not zero would follow whatever
+/// they hold as pointers: `new` refuses them (it took them on trust).
+#[test]
+fn tables_refuse_heads_that_are_not_zero() {
+    use dm_snap_logic::exception_index::{CowLayout, ExceptionIndex};
+    let dirty = || -> Vec<AtomicUsize> { (0..4).map(|i| AtomicUsize::new(i * 8)).collect() };
+    assert!(ExceptionTable::<_, SpinBit>::new(dirty(), 4).is_none());
+    assert!(ExceptionIndex::<_, SpinBit>::new(dirty(), CowLayout::transient()).is_none());
+    let clean = || -> Vec<AtomicUsize> { (0..4).map(|_| AtomicUsize::new(0)).collect() };
+    assert!(ExceptionTable::<_, SpinBit>::new(clean(), 4).is_some());
+    assert!(ExceptionIndex::<_, SpinBit>::new(clean(), CowLayout::transient()).is_some());
+}
