@@ -96,9 +96,9 @@ void dmsr_fsleep(unsigned long usecs)
 	fsleep(usecs);
 }
 
-struct kmem_cache *dmsr_kmem_cache_create(const char *name, size_t size)
+struct kmem_cache *dmsr_kmem_cache_create(const char *name, size_t size, size_t align)
 {
-	return kmem_cache_create(name, size, 0, 0, NULL);
+	return kmem_cache_create(name, size, align, 0, NULL);
 }
 
 void *dmsr_kmem_cache_alloc_noio(struct kmem_cache *cache)

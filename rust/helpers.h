@@ -55,7 +55,7 @@ void *dmsr_mempool_alloc_noio(mempool_t *pool);
 /* The same without sleeping: NULL when neither slab nor reserve has one. */
 void *dmsr_mempool_alloc_nowait(mempool_t *pool);
 /* A slab cache for small objects allocated on the I/O path. */
-struct kmem_cache *dmsr_kmem_cache_create(const char *name, size_t size);
+struct kmem_cache *dmsr_kmem_cache_create(const char *name, size_t size, size_t align);
 /* GFP_NOIO, then GFP_ATOMIC, as upstream allocates completed exceptions. */
 void *dmsr_kmem_cache_alloc_noio(struct kmem_cache *cache);
 

@@ -21,8 +21,15 @@ unsafe impl<T: Send> Send for Mempool<T> {}
 unsafe impl<T: Send> Sync for Mempool<T> {}
 
 impl<T> Mempool<T> {
-    /// A pool reserving `min` objects.
+    /// The alignment a kmalloc buffer is guaranteed whatever its size
+    /// (`ARCH_KMALLOC_MINALIGN`, that of `unsigned long long` on the
+    /// architectures this module builds for).
+    const KMALLOC_MINALIGN: usize = 8;
+
+    /// A pool reserving `min` objects. A `T` that needs more alignment than
+    /// kmalloc guarantees does not build (the writes below rely on it).
     pub fn new(min: i32) -> Result<Self> {
+        const { assert!(core::mem::align_of::<T>() <= Self::KMALLOC_MINALIGN) };
         // SAFETY: plain constructor.
         let p = unsafe { sys::dmsr_mempool_create(min, core::mem::size_of::<T>()) };
         NonNull::new(p)
@@ -41,7 +48,7 @@ impl<T> Mempool<T> {
             let p = unsafe { sys::dmsr_mempool_alloc_noio(self.pool.as_ptr()) }.cast::<T>();
             if let Some(p) = NonNull::new(p) {
                 // SAFETY: `p` is a fresh buffer of `size_of::<T>()` bytes,
-                // kmalloc-aligned, which suits any `T` of ours.
+                // kmalloc-aligned, which suits `T` (asserted in `new`).
                 unsafe { p.as_ptr().write(value) };
                 return p;
             }
@@ -118,11 +125,12 @@ unsafe impl<T: Send> Send for Slab<T> {}
 unsafe impl<T: Send> Sync for Slab<T> {}
 
 impl<T> Slab<T> {
-    /// A cache named `name` (shown in /proc/slabinfo).
+    /// A cache named `name` (shown in /proc/slabinfo), of objects aligned
+    /// as `T` needs.
     pub fn new(name: &'static kernel::str::CStr) -> Result<Self> {
+        let (size, align) = (core::mem::size_of::<T>(), core::mem::align_of::<T>());
         // SAFETY: `name` is 'static and NUL-terminated.
-        let c =
-            unsafe { sys::dmsr_kmem_cache_create(name.as_char_ptr(), core::mem::size_of::<T>()) };
+        let c = unsafe { sys::dmsr_kmem_cache_create(name.as_char_ptr(), size, align) };
         NonNull::new(c)
             .map(|cache| Self {
                 cache,
@@ -138,7 +146,8 @@ impl<T> Slab<T> {
         let p = NonNull::new(
             unsafe { sys::dmsr_kmem_cache_alloc_noio(self.cache.as_ptr()) }.cast::<T>(),
         )?;
-        // SAFETY: a fresh object of `size_of::<T>()` bytes, slab-aligned.
+        // SAFETY: a fresh object of `size_of::<T>()` bytes, aligned for
+        // `T` (the cache was made with its alignment).
         unsafe { p.as_ptr().write(value) };
         Some(p)
     }
