@@ -181,9 +181,12 @@ impl TargetRef {
     }
 
     /// The mapped device the target's table belongs to.
-    pub fn md(&self) -> MdRef {
+    pub fn md(&self) -> MdRef<'_> {
         // SAFETY: the target and its table are alive (type invariant).
-        MdRef(unsafe { sys::dm_table_get_md((*self.0).table) })
+        MdRef(
+            unsafe { sys::dm_table_get_md((*self.0).table) },
+            core::marker::PhantomData,
+        )
     }
 
     /// Sets the largest bio dm core sends the target (`ti->max_io_len`),
@@ -203,8 +206,15 @@ impl TargetRef {
 }
 
 /// A mapped device, compared by identity and held with [`MdRef::hold`].
+/// It borrows the [`TargetRef`] it came from: whatever keeps that target
+/// alive (the registry lock it was found under, a registered snapshot)
+/// keeps the mapped device alive for as long as this exists, which is all
+/// `dm_hold` needs.
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub struct MdRef(*mut sys::mapped_device);
+pub struct MdRef<'a>(
+    *mut sys::mapped_device,
+    core::marker::PhantomData<&'a TargetRef>,
+);
 
 /// A reference on a mapped device; dropping it resumes what
 /// [`HeldMd::suspend_fast`] suspended and releases the reference.
@@ -213,11 +223,11 @@ pub struct HeldMd {
     suspended: bool,
 }
 
-impl MdRef {
+impl MdRef<'_> {
     /// Takes a reference (`dm_hold`); `None` if the device is going away.
-    /// Call while whatever made `self` valid (a registry lock) is held.
     pub fn hold(self) -> Option<HeldMd> {
-        // SAFETY: the caller keeps the md alive for this call (see above).
+        // SAFETY: `self` borrows the target whose table it came from, so
+        // the mapped device is alive for this call (see `MdRef`).
         (unsafe { sys::dm_hold(self.0) } == 0).then_some(HeldMd {
             md: self.0,
             suspended: false,

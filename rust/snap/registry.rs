@@ -91,11 +91,11 @@ impl Origins {
     }
 
     /// The mapped device of a resumed origin target on `bdev`.
-    pub(crate) fn dm_origin(&self, bdev: BdevKey) -> Option<TargetRef> {
+    pub(crate) fn dm_origin(&self, bdev: BdevKey) -> Option<&TargetRef> {
         self.dm_origins
             .iter()
             .find(|o| o.bdev == bdev)
-            .map(|o| o.ti)
+            .map(|o| &o.ti)
     }
 
     /// Smallest chunk size of the snapshots of `bdev` in sectors, 2^31 if

@@ -323,7 +323,7 @@ impl Snapshot {
                 .and_then(|os| os.iter().find(|t| t.merge).cloned());
             let md = o
                 .dm_origin(s.origin.key())
-                .or(merging.as_ref().map(|m| m.ti))
+                .or(merging.as_ref().map(|m| &m.ti))
                 .map(|ti| ti.md())
                 .filter(|md| *md != target.handle().md());
             (md.and_then(|md| md.hold()), merging)
