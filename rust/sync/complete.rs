@@ -228,7 +228,18 @@ impl CompleteTable {
             let need = match r {
                 Ok(()) => None,
                 Err(IndexError::NeedNodes(_)) => rest.get(done).map(|t| chunks(t).0),
-                Err(_) => return Err(EINVAL),
+                Err(_) => {
+                    // Upstream's hash table would load it; the index cannot
+                    // hold it, and the COW is refused with this line.
+                    if let Some((old, new)) = rest.get(done).map(&chunks) {
+                        pr_err!(
+                            "snapshots: COW metadata: exception {} -> {} is beyond the exception index (origin chunk past 2^32, or a COW metadata chunk)\n",
+                            old,
+                            new
+                        );
+                    }
+                    return Err(EINVAL);
+                }
             };
             drop(s);
             rest = rest.get(done..).unwrap_or_default();

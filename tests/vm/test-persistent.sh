@@ -4,7 +4,7 @@
 # Needs the dm-snap-cow tool in /payload/files (scripts/check ships it).
 # vm-timeout: 1400
 . "$(dirname "$0")/lib.sh"
-ktap_begin persistent 41 36
+ktap_begin persistent 42 37
 suite_disks ps 32 16
 dd if=/tmp/base of=$O bs=1M oflag=direct 2>/dev/null
 
@@ -123,6 +123,34 @@ load_rs; crafted_cow "$HUGE_OLD"; r=$(dm_error ps-bad "0 $S snapshot $O $C3 P 8"
 expect_eq "an entry for origin chunk 2^64 - 2 is refused, no overflow (the C driver: '$c')" \
 	"snapshot: Failed to read snapshot metadata (-EINVAL)|1" \
 	"$r|$(dmesg | grep -c 'entry 0: exception 18446744073709551614 -> 2 is outside the COW (')"
+# The crafted COWs of the cow_load fuzz target's seeds (tests/vm/cow-corpus,
+# also in fuzz/corpus/cow_load: byte 0 the chunk size as a shift, byte 1
+# ignored here, then the image from sector 0), each activated on both
+# drivers: refused or served, never a splat (the suite fails on any), and
+# the same choice as the C driver, but where dm_snap_rs refuses an entry
+# outside the COW or past any origin, or one its exception index cannot
+# hold (an origin chunk past 2^32, a COW chunk that is metadata), with a
+# log line naming it, which the C driver loads.
+corpus_diff=""
+ncorpus=0
+for f in $DMSR_TESTS/vm/cow-corpus/*; do
+	ncorpus=$((ncorpus + 1))
+	chunk=$((1 << ($(od -An -tu1 -N1 "$f") % 8)))
+	for drv in c rs; do
+		load_$drv
+		dd if=/dev/zero of=$C3 bs=1M count=4 oflag=direct 2>/dev/null
+		tail -c +3 "$f" | dd of=$C3 bs=64k iflag=fullblock oflag=direct 2>/dev/null
+		eval "r_$drv=\$(dm_error ps-bad \"0 $S snapshot $O $C3 P $chunk\")"
+		[ $drv = rs ] && ours_refused=$(dmesg | grep -cE 'is outside the COW \(|is beyond the exception index')
+	done
+	if [ "$r_c" != "$r_rs" ] && ! { [ "$ours_refused" = 1 ] && [ "$r_rs" = "snapshot: Failed to read snapshot metadata (-EINVAL)" ]; }; then
+		corpus_diff="$corpus_diff ${f##*/}(C: $r_c; ours: $r_rs)"
+	fi
+	echo "# corpus ${f##*/} (chunk $chunk): C '$r_c', dm_snap_rs '$r_rs'"
+done
+expect_eq "$ncorpus crafted COWs: refused or served, as the C driver chooses (or refused where ours checks more)" \
+	"15 differ:" "$ncorpus differ:$corpus_diff"
+
 # Handover: reloading a P snapshot's table on the same COW (the new table
 # asks for PO and another chunk size: the store follows the COW, the
 # overflow option the new table).
