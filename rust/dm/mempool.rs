@@ -74,6 +74,23 @@ impl<T> Mempool<T> {
         }
     }
 
+    /// Allocates a zeroed `T` that may fail instead of waiting: `kzalloc`
+    /// with `GFP_KERNEL | __GFP_NORETRY`, past the pool (whose reserve is
+    /// for the I/O path and comes back only at teardown). For a
+    /// constructor, which reports `ENOMEM` rather than wait in D state for
+    /// memory that will not come. Freed with [`Mempool::free`] like the
+    /// pool's own objects (they are kmalloc buffers too).
+    ///
+    /// # Safety
+    ///
+    /// All-zero bytes must be a valid `T`.
+    pub unsafe fn alloc_zeroed_or_fail(&self) -> Option<NonNull<T>> {
+        // SAFETY: a plain allocation; the size is `T`'s, as the pool's.
+        let p = unsafe { sys::dmsr_kzalloc_noretry(core::mem::size_of::<T>()) }.cast::<T>();
+        // Zeroed by the allocator: a valid `T` (caller).
+        NonNull::new(p)
+    }
+
     /// Allocates and moves `value` in without sleeping (`GFP_NOWAIT`: the
     /// allocator if it has memory at hand, else the pool's reserve), so it
     /// may be called under a spinlock; `None` (and `value` dropped) when

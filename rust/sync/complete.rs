@@ -185,6 +185,38 @@ impl CompleteTable {
         }
     }
 
+    /// [`CompleteTable::refill`] for a constructor: nodes that may fail to
+    /// come (`ENOMEM`) rather than wait for the pool's reserve, which only
+    /// teardown refills: an index too big for memory fails the table's
+    /// load instead of hanging it in D state.
+    fn refill_at_load(&self, chunk: Chunk, room: usize) -> Result {
+        let Shape::Index { ix, nodes } = &self.shape else {
+            return Ok(());
+        };
+        let want = ix.lock(chunk).needs(chunk, room);
+        let mut got = [None; NODE_RESERVE as usize];
+        for slot in got.iter_mut().take(want) {
+            // SAFETY: an all-zero `Node` is a valid empty leaf.
+            match unsafe { nodes.alloc_zeroed_or_fail() } {
+                Some(n) => *slot = Some(n),
+                None => {
+                    for n in got.into_iter().flatten() {
+                        // SAFETY: a fresh node from this pool, never given.
+                        unsafe { nodes.free(n) };
+                    }
+                    return Err(ENOMEM);
+                }
+            }
+        }
+        let mut s = ix.lock(chunk);
+        for n in got.into_iter().flatten() {
+            // SAFETY: a fresh node, in no index; the index owns it until
+            // `drop` drains it back to the pool.
+            unsafe { s.give(n) };
+        }
+        Ok(())
+    }
+
     /// Inserts `e`, with no lock held (loading the metadata): locks the
     /// bucket, refilling the shard as often as it asks. May sleep.
     pub fn insert(&self, mut e: NewException) -> Result {
@@ -194,7 +226,7 @@ impl CompleteTable {
             match r {
                 Ok(()) => return Ok(()),
                 Err(InsertError::NeedNodes(back)) => {
-                    self.refill(old, 1);
+                    self.refill_at_load(old, 1)?;
                     e = back;
                 }
                 Err(InsertError::Unrepresentable) => return Err(EINVAL),
@@ -244,7 +276,7 @@ impl CompleteTable {
             drop(s);
             rest = rest.get(done..).unwrap_or_default();
             if let Some(old) = need {
-                self.refill(old, 1);
+                self.refill_at_load(old, 1)?;
             }
         }
         Ok(())
