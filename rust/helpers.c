@@ -81,6 +81,11 @@ mempool_t *dmsr_mempool_create(int min_nr, size_t size)
 	return mempool_create_kmalloc_pool(min_nr, size);
 }
 
+void dmsr_cond_resched(void)
+{
+	cond_resched();
+}
+
 void *dmsr_kzalloc_noretry(size_t size)
 {
 	return kzalloc(size, GFP_KERNEL | __GFP_NORETRY | __GFP_NOWARN);

@@ -51,6 +51,7 @@ int dmsr_bucket_lockdep_inversion(void);
 
 /* A kmalloc-backed mempool: allocations wait instead of failing. */
 mempool_t *dmsr_mempool_create(int min_nr, size_t size);
+void dmsr_cond_resched(void);
 void *dmsr_kzalloc_noretry(size_t size);
 void *dmsr_mempool_alloc_noio(mempool_t *pool);
 /* The same without sleeping: NULL when neither slab nor reserve has one. */

@@ -31,6 +31,13 @@ pub fn fsleep_us(usecs: u64) {
     unsafe { crate::bindings::dmsr_fsleep(usecs as _) };
 }
 
+/// Lets the scheduler run others if it wants to (`cond_resched`): for
+/// long loops in process context with no lock held. Sleeps.
+pub fn cond_resched() {
+    // SAFETY: process context, no spinlock held (callers).
+    unsafe { crate::bindings::dmsr_cond_resched() };
+}
+
 /// The `snapshot_cow_threshold` module parameter, read once (`READ_ONCE`).
 pub fn cow_threshold() -> u32 {
     // SAFETY: the parameter's variable lives as long as the module; sysfs
