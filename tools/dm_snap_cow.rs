@@ -228,7 +228,7 @@ fn walk(
                 "area {} entry {}: COW chunk {} is outside the device ({} chunks)",
                 area, k, new, dev_chunks
             ));
-        } else if (new - 1) % (epa + 1) == 0 {
+        } else if !cow_chunk_is_data(new, c) {
             r.error(format!(
                 "area {} entry {}: COW chunk {} is a metadata area",
                 area, k, new

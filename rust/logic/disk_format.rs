@@ -198,6 +198,17 @@ pub fn entry_in_range(new: Chunk, dev_chunks: u64) -> bool {
     new < dev_chunks && new >> super::exception_table::CHUNK_NUMBER_BITS == 0
 }
 
+/// True if COW chunk `new` of a persistent COW of `chunk_sectors` chunks
+/// is a data chunk: not the header (chunk 0) nor a metadata area (chunk 1,
+/// then one after every `exceptions_per_area` data chunks). Upstream loads
+/// an entry pointing at metadata, and a snapshot write of its chunk then
+/// overwrites the COW's own exception records; the module refuses the COW.
+pub fn cow_chunk_is_data(new: Chunk, chunk_sectors: u32) -> bool {
+    let per_area = exceptions_per_area(chunk_sectors);
+    new.checked_sub(1)
+        .is_some_and(|x| per_area == 0 || x % (per_area + 1) != 0)
+}
+
 /// True if origin chunk `old` of `chunk_sectors` sectors has sectors that
 /// fit 64 bits (its last one included). The origin's size is not known at
 /// construction (see [`entry_in_range`]), but no origin has a chunk past

@@ -40,8 +40,8 @@ use super::chunk::Chunk;
 use super::disk_format::exceptions_per_area;
 use super::exception_table::{BucketLock, ExceptionTable, Locked};
 use super::index_node::{
-    free_tree, insert_at, key_of, pack, remove_at, single, tree_stats, val_of, Node, DENSE_MASK,
-    END, INNER_CAP, LEAF_CAP, START,
+    free_tree, insert_at, key_of, pack, remove_at, single, tree_for_each, tree_stats, val_of, Node,
+    DENSE_MASK, END, INNER_CAP, LEAF_CAP, START,
 };
 use core::marker::PhantomData;
 use core::mem::ManuallyDrop;
@@ -223,6 +223,23 @@ impl<H: Deref<Target = [L::Head]>, L: BucketLock> ExceptionIndex<H, L> {
             s.nodes += shard.spares();
         }
         s
+    }
+
+    /// Calls `f(origin chunk, COW chunk)` for every chunk the index maps,
+    /// shard by shard (each in origin order); needs no lock, since `&mut
+    /// self` excludes every other user. For a table that outgrows the
+    /// index: its exceptions move to a hash table.
+    pub fn for_each(&mut self, mut f: impl FnMut(Chunk, Chunk)) {
+        let layout = self.layout;
+        for head in self.heads.iter() {
+            let root = (L::word(head).load(Ordering::Relaxed) & !1) as *mut Node;
+            // SAFETY: `&mut self`: no one else reads or changes the tree.
+            unsafe {
+                tree_for_each(root, &mut |k, d| {
+                    f(Chunk::from(k), layout.cow(u64::from(d)))
+                })
+            };
+        }
     }
 
     /// Empties the index, handing every node to `free`; needs no lock,

@@ -279,6 +279,47 @@ pub(super) unsafe fn tree_stats(n: *mut Node, s: &mut IndexStats) {
     }
 }
 
+/// Calls `f(origin chunk, dense COW chunk)` for every chunk the tree at
+/// `n` maps, a run's chunks one by one, in origin order.
+///
+/// # Safety
+///
+/// `n` is null or the root of a tree no one else changes meanwhile.
+pub(super) unsafe fn tree_for_each(n: *mut Node, f: &mut impl FnMut(u32, u32)) {
+    // SAFETY: see the function's contract.
+    let Some(node) = (unsafe { n.as_ref() }) else {
+        return;
+    };
+    if !node.is_leaf() {
+        for i in 0..=node.len() {
+            // SAFETY: a child of a node of the tree is in the tree.
+            unsafe { tree_for_each(node.kid(i), f) };
+        }
+        return;
+    }
+    let slots = node.leaf();
+    let mut i = 0;
+    while let Some(&s) = slots.get(i) {
+        let (k, v) = (key_of(s), val_of(s));
+        let d = v & DENSE_MASK;
+        match slots.get(i + 1) {
+            // A run: its last slot's key bounds it (both in one leaf), and
+            // its dense numbers are consecutive from the first one's, so
+            // neither sum can pass the last slot's key and number.
+            Some(&e) if v & START != 0 => {
+                for x in 0..=key_of(e).wrapping_sub(k) {
+                    f(k.wrapping_add(x), d.wrapping_add(x));
+                }
+                i += 2;
+            }
+            _ => {
+                f(k, d);
+                i += 1;
+            }
+        }
+    }
+}
+
 /// Hands every node of the tree at `n`, and its spares, to `free`.
 ///
 /// # Safety

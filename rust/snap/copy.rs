@@ -360,7 +360,7 @@ impl Snap {
             self.invalidate(true);
         }
         if unrepresentable {
-            pr_err!("snapshots: chunk {} beyond the exception index\n", old);
+            pr_err!("snapshots: chunk {} beyond the exception table\n", old);
             self.invalidate(false);
         }
         if let Some(pe) = pe {
@@ -376,7 +376,9 @@ impl Snap {
     /// The bucket guards borrow the tables the state lock protects, so the
     /// lock is held (for read) while they are. When the index needs nodes,
     /// both are dropped to allocate them and the insert is retried (nothing
-    /// changed meanwhile: the pending entry still holds the chunk). When
+    /// changed meanwhile: the pending entry still holds the chunk); when
+    /// the index cannot number the chunks, both are dropped for
+    /// [`Snap::outgrow_index`] and the insert is retried. When
     /// tracked reads must drain, both are dropped before sleeping, as
     /// upstream drops `s->lock` before `__check_for_conflicting_io`, and
     /// retaken to remove the pending exception. No handover can swap the
@@ -392,6 +394,7 @@ impl Snap {
         let (mut nomem, mut unrepresentable) = (false, false);
         let mut e = None;
         let mut first = true;
+        let mut outgrown = false;
         loop {
             let state = self.state.read();
             if core::mem::take(&mut first) {
@@ -414,6 +417,22 @@ impl Snap {
                         drop(locks);
                         state.exc.complete.refill(old, 1);
                         e = Some(back);
+                        continue;
+                    }
+                    // The index cannot number it: once in the table's
+                    // life it becomes a hash table (no lock may be held),
+                    // and the exception is made again for it.
+                    Err(InsertError::Unrepresentable) if !outgrown => {
+                        drop(locks);
+                        drop(state);
+                        outgrown = true;
+                        match self.outgrow_index(old, new.unwrap_or_default()) {
+                            Ok(()) => first = true,
+                            Err(_) => {
+                                nomem = true;
+                                *error = true;
+                            }
+                        }
                         continue;
                     }
                     Err(InsertError::Unrepresentable) => {

@@ -40,7 +40,7 @@ use crate::logic::chunk::{
 use crate::logic::exception_index::CowLayout;
 use crate::logic::sort::radix_sort_by_key;
 use crate::new_rwsem;
-use crate::sync::complete::{CompleteBucket, CompleteTable};
+use crate::sync::complete::{CompleteBucket, CompleteTable, LoadError};
 use crate::sync::tables::{ChunkBuckets, Order, PendingTable};
 use crate::sync::{KVecExt, RwSem};
 use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -56,16 +56,25 @@ use kernel::sync::{Arc, SpinLock};
 /// the less of it moves per exception.
 const LOAD_BATCH: usize = 65536;
 
+/// The chunks of `origin`, a partial last one included.
+fn origin_chunks(origin: &Bdev, g: ChunkGeometry) -> u64 {
+    g.chunk_of(
+        origin
+            .nr_sectors()
+            .saturating_add(u64::from(g.sectors()) - 1),
+    )
+}
+
 /// What a handover moves from the old table's snapshot to the new one's:
 /// the completed exceptions, the store and its chunk geometry (upstream
-/// swaps `s->complete` and `s->store`).
-#[pin_data]
+/// swaps `s->complete` and `s->store`). Not pinned itself (the lock has
+/// its own pinned box): a table outgrowing the index changes `complete`
+/// in place, through the state lock held for write.
 pub(crate) struct Exceptions {
     pub(super) complete: CompleteTable,
     /// The store's allocator and the order of what it allocated
     /// (`pe_allocation_lock`).
-    #[pin]
-    alloc: SpinLock<Allocation>,
+    alloc: Pin<KBox<SpinLock<Allocation>>>,
     /// The chunk size, stored once: the store and its I/O are given it.
     geometry: ChunkGeometry,
 }
@@ -107,10 +116,16 @@ pub(crate) struct State {
     /// Waiting to take over the exceptions of an older table on the same
     /// COW at its first resume (a handover destination).
     pub(crate) handover_dest: bool,
-    pub(crate) exc: Pin<KBox<Exceptions>>,
+    pub(crate) exc: KBox<Exceptions>,
 }
 
 impl State {
+    /// The completed exceptions, to change their table's shape: the state
+    /// is locked for write (`&mut`), so no one else is in the table.
+    fn complete_mut(&mut self) -> &mut CompleteTable {
+        &mut self.exc.complete
+    }
+
     /// The chunk geometry of the current store.
     pub(crate) fn geometry(&self) -> ChunkGeometry {
         self.exc.geometry
@@ -191,9 +206,7 @@ impl Snap {
     pub(crate) fn new(a: SnapArgs) -> Result<Arc<Snap>, SnapInitError> {
         let geometry = a.geometry;
         let (nc, np) = table_sizes(a.cow.nr_sectors(), geometry.shift(), MAX_TABLE_BYTES / 8);
-        // The origin's chunks, a partial last one included.
-        let origin_chunks =
-            geometry.chunk_of(a.origin.nr_sectors() + u64::from(geometry.sectors()) - 1);
+        let origin_chunks = origin_chunks(&a.origin, geometry);
         let complete = if crate::dm::exception_index()
             && CompleteTable::index_fits(origin_chunks, a.cow.nr_sectors() >> geometry.shift())
         {
@@ -211,19 +224,24 @@ impl Snap {
         let tracking = Tracking::new().map_err(|_| SnapInitError::HashTables)?;
         let kcopyd = Kcopyd::new().map_err(SnapInitError::Kcopyd)?;
         let pending = PendingTable::new(np, MIN_IOS).map_err(|_| SnapInitError::Mempool)?;
-        let exc = KBox::pin_init(
-            pin_init!(Exceptions {
+        let alloc = KBox::pin_init(
+            new_spinlock!(
+                Allocation {
+                    store: a.store,
+                    order: Order::new(),
+                    committing: false,
+                },
+                "dm_snap_rs:pe_allocation"
+            ),
+            GFP_KERNEL,
+        )
+        .map_err(|_| SnapInitError::HashTables)?;
+        let exc = KBox::new(
+            Exceptions {
                 complete,
-                alloc <- new_spinlock!(
-                    Allocation {
-                        store: a.store,
-                        order: Order::new(),
-                        committing: false,
-                    },
-                    "dm_snap_rs:pe_allocation"
-                ),
+                alloc,
                 geometry,
-            }),
+            },
             GFP_KERNEL,
         )
         .map_err(|_| SnapInitError::HashTables)?;
@@ -368,6 +386,40 @@ impl Snap {
         pr_err!("snapshots: Cancelling snapshot handover.\n");
     }
 
+    /// The compact index cannot number exception `old` -> `new` (the origin
+    /// or the COW grew past its range since activation, a reload took the
+    /// index over, or a loaded COW maps a chunk past the origin): moves its
+    /// exceptions into a hash table sized for the devices as they are now,
+    /// as upstream's would have been, and carries on. A no-op if another
+    /// completion did it first. Takes the state lock for write (bio paths
+    /// and completions wait meanwhile, once in the table's life); sleeps.
+    pub(crate) fn outgrow_index(&self, old: Chunk, new: Chunk) -> Result {
+        let mut st = self.state.write();
+        let g = st.geometry();
+        let (buckets, _) = table_sizes(self.cow.nr_sectors(), g.shift(), MAX_TABLE_BYTES / 8);
+        let shift = complete_hash_shift(origin_chunks(&self.origin, g), buckets as u64);
+        match st.complete_mut().outgrow_index(buckets, shift) {
+            Ok(Some(moved)) => {
+                pr_info!(
+                    "snapshots: exception {} -> {} is beyond the exception index: its {} chunks moved to a hash table\n",
+                    old,
+                    new,
+                    moved
+                );
+                Ok(())
+            }
+            Ok(None) => Ok(()),
+            Err(e) => {
+                pr_err!(
+                    "snapshots: exception {} -> {} is beyond the exception index, and no memory to move it to a hash table\n",
+                    old,
+                    new
+                );
+                Err(e)
+            }
+        }
+    }
+
     /// A `PO` store is full: writes fail from now on, reads still work.
     pub(crate) fn overflow(&self) {
         let mut st = self.state.write();
@@ -407,9 +459,31 @@ impl Snap {
         let mut scratch = VVec::from_elem((0, 0), LOAD_BATCH, GFP_KERNEL)?;
         let mut flush = |b: &mut VVec<(Chunk, Chunk)>| -> Result {
             radix_sort_by_key(b, &mut scratch, |&(old, _)| old);
-            let st = self.state.read();
-            let r = st.exc.complete.insert_sorted(b, |&(old, new)| (old, new));
-            drop(st);
+            let mut from = 0;
+            let r = loop {
+                let rest = b.get(from..).unwrap_or_default();
+                let st = self.state.read();
+                let r = st
+                    .exc
+                    .complete
+                    .insert_sorted(rest, |&(old, new)| (old, new));
+                drop(st);
+                match r {
+                    Ok(()) => break Ok(()),
+                    Err(LoadError::Failed(e)) => break Err(e),
+                    // The hash table takes the rest: once, then never
+                    // again, so this loops at most twice.
+                    Err(LoadError::Outgrown(at)) => {
+                        let Some(&(old, new)) = rest.get(at) else {
+                            break Err(EINVAL);
+                        };
+                        if let Err(e) = self.outgrow_index(old, new) {
+                            break Err(e);
+                        }
+                        from += at;
+                    }
+                }
+            };
             b.clear_keep();
             r
         };

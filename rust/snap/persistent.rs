@@ -14,8 +14,9 @@ use crate::dm::dmio::{DmIo, IoBuf, MetadataWq};
 use crate::dm::Bdev;
 use crate::logic::chunk::{Chunk, ChunkGeometry};
 use crate::logic::disk_format::{
-    area_location, check_header, entry_in_range, exceptions_per_area, origin_chunk_addressable,
-    walk_metadata, AreaReader, Header, HeaderError, WalkError, DEFAULT_CHUNK_SECTORS,
+    area_location, check_header, cow_chunk_is_data, entry_in_range, exceptions_per_area,
+    origin_chunk_addressable, walk_metadata, AreaReader, Header, HeaderError, WalkError,
+    DEFAULT_CHUNK_SECTORS,
 };
 use crate::logic::merge::{Batch, MergeStep};
 use crate::logic::persistent::{Allocator, CommitStep, Committer};
@@ -286,7 +287,8 @@ impl PersistentIo {
     /// Reads every metadata area (`read_exceptions`), passing each
     /// exception to `add` and accounting for it in `alloc`; the last,
     /// partly filled area becomes the one commits go on filling. An
-    /// exception pointing outside the COW is refused with `EINVAL` and a
+    /// exception pointing outside the COW or at its header or metadata
+    /// areas is refused with `EINVAL` and a
     /// log line naming it (unless the walk fails anyway, whose error is
     /// upstream's answer): upstream loads it, and maps reads past the
     /// device (or, with a chunk number near 2^64, overflows).
@@ -304,7 +306,10 @@ impl PersistentIo {
         // failed read), its error wins, as the C driver gives it.
         let mut outside: Option<(u64, usize, Chunk, Chunk)> = None;
         let end = walk_metadata(&mut r, g.sectors(), dev_chunks, |area, k, old, new| {
-            if !entry_in_range(new, dev_chunks) || !origin_chunk_addressable(old, g.sectors()) {
+            if !entry_in_range(new, dev_chunks)
+                || !cow_chunk_is_data(new, g.sectors())
+                || !origin_chunk_addressable(old, g.sectors())
+            {
                 outside.get_or_insert((area, k, old, new));
                 return Ok(());
             }
@@ -320,7 +325,7 @@ impl PersistentIo {
         })?;
         if let Some((area, k, old, new)) = outside {
             pr_err!(
-                "snapshots: COW metadata area {} entry {}: exception {} -> {} is outside the COW ({} chunks) or past any origin\n",
+                "snapshots: COW metadata area {} entry {}: exception {} -> {} is outside the COW ({} chunks), on its metadata, or past any origin\n",
                 area,
                 k,
                 old,

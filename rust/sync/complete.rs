@@ -13,6 +13,11 @@
 //! - upstream's hash table of slab entries (`exception_cache`), kept for
 //!   what the index cannot number (origins over 2^31 chunks, COWs over
 //!   2^30 data chunks) and for comparison (`snapshot_exception_index=0`).
+//!   A table whose index meets a chunk it cannot number (the origin or the
+//!   COW grew since activation, a table reload took the index over, a COW
+//!   holds an exception past the origin) moves its exceptions into a hash
+//!   table then ([`CompleteTable::outgrow_index`]) and carries on, as the C
+//!   driver does, instead of failing the copy.
 //!
 //! A [`NewException`] is what a completion hands to a locked bucket: a
 //! slab entry for the hash table, a plain pair for the index.
@@ -94,9 +99,20 @@ pub enum InsertError {
     /// The shard needs nodes: drop every lock, call
     /// [`CompleteTable::refill`] for the chunk, and retry with this.
     NeedNodes(NewException),
-    /// The chunks are beyond what the table can hold (an origin grown past
-    /// the index's range since activation): fail the copy.
+    /// The chunks are beyond what the index can number (an origin or COW
+    /// grown past its range since activation): drop every lock, call
+    /// [`CompleteTable::outgrow_index`] and retry with a new exception.
     Unrepresentable,
+}
+
+/// Why [`CompleteTable::insert_sorted`] stopped.
+pub enum LoadError {
+    /// The index cannot number the batch's item at this position (those
+    /// before it are in): [`CompleteTable::outgrow_index`], then load the
+    /// rest.
+    Outgrown(usize),
+    /// No memory, or an entry the table refuses.
+    Failed(Error),
 }
 
 impl CompleteTable {
@@ -240,10 +256,17 @@ impl CompleteTable {
     /// in under one lock hold (at most [`BULK_RUN`] of them, to keep the
     /// spin short) and descend the same few nodes, which stay in cache.
     /// May sleep.
-    pub fn insert_sorted<T>(&self, batch: &[T], chunks: impl Fn(&T) -> (Chunk, Chunk)) -> Result {
+    pub fn insert_sorted<T>(
+        &self,
+        batch: &[T],
+        chunks: impl Fn(&T) -> (Chunk, Chunk),
+    ) -> Result<(), LoadError> {
         let Shape::Index { ix, .. } = &self.shape else {
             for (old, new) in batch.iter().map(&chunks) {
-                self.insert(self.new_exception(old, new).ok_or(ENOMEM)?)?;
+                let e = self
+                    .new_exception(old, new)
+                    .ok_or(LoadError::Failed(ENOMEM))?;
+                self.insert(e).map_err(LoadError::Failed)?;
             }
             return Ok(());
         };
@@ -260,26 +283,77 @@ impl CompleteTable {
             let need = match r {
                 Ok(()) => None,
                 Err(IndexError::NeedNodes(_)) => rest.get(done).map(|t| chunks(t).0),
-                Err(_) => {
-                    // Upstream's hash table would load it; the index cannot
-                    // hold it, and the COW is refused with this line.
-                    if let Some((old, new)) = rest.get(done).map(&chunks) {
-                        pr_err!(
-                            "snapshots: COW metadata: exception {} -> {} is beyond the exception index (origin chunk past 2^32, or a COW metadata chunk)\n",
-                            old,
-                            new
-                        );
-                    }
-                    return Err(EINVAL);
-                }
+                // Beyond the index: the caller moves what is in to a hash
+                // table, which loads the rest (the module refused metadata
+                // chunks before, so it is the size of a number).
+                Err(_) => return Err(LoadError::Outgrown(batch.len() - rest.len() + done)),
             };
             drop(s);
             rest = rest.get(done..).unwrap_or_default();
             if let Some(old) = need {
-                self.refill_at_load(old, 1)?;
+                self.refill_at_load(old, 1).map_err(LoadError::Failed)?;
             }
         }
         Ok(())
+    }
+
+    /// True while the table is the compact index.
+    pub fn is_index(&self) -> bool {
+        matches!(self.shape, Shape::Index { .. })
+    }
+
+    /// Moves every exception of the index into a new hash table of
+    /// `buckets` buckets and runs within `1 << hash_shift` chunks, which
+    /// the table is from then on; `Ok(None)` if it is one already, else
+    /// how many chunks moved. The index is kept if an entry cannot be
+    /// allocated (`ENOMEM`). `&mut self`: the caller holds the snapshot's
+    /// state lock for write, so no bio path or completion is in the table.
+    /// Sleeps (entries as upstream's, `GFP_NOIO` then `GFP_ATOMIC`: a
+    /// completion may be what reclaim waits for).
+    pub fn outgrow_index(&mut self, buckets: usize, hash_shift: u32) -> Result<Option<u64>> {
+        let slab = self.slab;
+        let Shape::Index { ix, .. } = &mut self.shape else {
+            return Ok(None);
+        };
+        let mut raw = new_raw(buckets, hash_shift, Kind::Complete)?;
+        let (mut moved, mut failed) = (0u64, false);
+        ix.for_each(|old, new| {
+            if failed {
+                return;
+            }
+            let Some(e) = slab.alloc(Exception::new(old, new)) else {
+                failed = true;
+                return;
+            };
+            // A chunk extending a run comes back, freed on drop.
+            let r = hash_insert(
+                &mut raw.lock(old),
+                slab,
+                NewException(New::Slab { e, slab }),
+            );
+            drop(r);
+            moved += 1;
+            if moved % u64::from(FREES_PER_RESCHED) == 0 {
+                crate::dm::cond_resched();
+            }
+        });
+        if failed {
+            raw.drain(|e| {
+                // SAFETY: every entry came from `slab` above and went into
+                // this table only; unlinked now, it is ours.
+                unsafe { slab.free(e) }
+            });
+            return Err(ENOMEM);
+        }
+        let old = core::mem::replace(&mut self.shape, Shape::Hash(raw));
+        if let Shape::Index { mut ix, nodes } = old {
+            ix.drain(|n| {
+                // SAFETY: every node came from this pool (`refill`); the
+                // index handed it back and holds it no more.
+                unsafe { nodes.free(n) }
+            });
+        }
+        Ok(Some(moved))
     }
 
     /// Takes `chunk` out of the exception covering it, as a merge does

@@ -12,8 +12,8 @@
 
 use dm_snap_logic::args::{kstrtouint, scan_uint};
 use dm_snap_logic::disk_format::{
-    area_entries, check_header, entry_in_range, exceptions_per_area, origin_chunk_addressable,
-    read_exception, walk_metadata, AreaReader, Header, WalkError,
+    area_entries, check_header, cow_chunk_is_data, entry_in_range, exceptions_per_area,
+    origin_chunk_addressable, read_exception, walk_metadata, AreaReader, Header, WalkError,
 };
 use dm_snap_logic::exception_index::{CowLayout, ExceptionIndex, IndexError, Shard};
 use dm_snap_logic::exception_table::{Exception, ExceptionTable, SpinBit};
@@ -132,7 +132,10 @@ pub fn cow_load(data: &[u8]) {
     let mut entries = Vec::new();
     let mut outside = false;
     let end = walk_metadata(&mut img, chunk_sectors, dev_chunks, |_, _, old, new| {
-        if !entry_in_range(new, dev_chunks) || !origin_chunk_addressable(old, chunk_sectors) {
+        if !entry_in_range(new, dev_chunks)
+            || !cow_chunk_is_data(new, chunk_sectors)
+            || !origin_chunk_addressable(old, chunk_sectors)
+        {
             outside = true;
             return Ok(());
         }
@@ -330,6 +333,11 @@ pub fn index_model(data: &[u8]) {
         assert_eq!(ix.lock(old).lookup(old), Some(cow), "final lookup {old}");
     }
     let mut ix = ix;
+    // The walk that moves an outgrown index to a hash table: each
+    // mapping once.
+    let mut walked = BTreeMap::new();
+    ix.for_each(|o, c| assert_eq!(walked.insert(o, c), None, "walked {o} twice"));
+    assert_eq!(walked, model);
     ix.drain(free_node);
 }
 

@@ -255,6 +255,20 @@ fn crafted_entries_are_out_of_range_and_do_not_overflow() {
     assert!(!entry_in_range(1024, 1024));
     assert!(!entry_in_range(1 << 56, u64::MAX));
     assert!(entry_in_range(1023, 1024));
+    // Chunk 8: 256 exceptions per area; metadata at 1, 258, 515...
+    use dm_snap_logic::disk_format::cow_chunk_is_data;
+    for (c, data) in [
+        (0, false),
+        (1, false),
+        (2, true),
+        (257, true),
+        (258, false),
+        (259, true),
+    ] {
+        assert_eq!(cow_chunk_is_data(c, 8), data, "chunk {c}");
+    }
+    assert!(!cow_chunk_is_data(1 + 257 * 1000, 8));
+    assert!(cow_chunk_is_data(u64::MAX, 8) == ((u64::MAX - 1) % 257 != 0));
     use dm_snap_logic::disk_format::origin_chunk_addressable;
     assert!(!origin_chunk_addressable(u64::MAX, 1));
     assert!(origin_chunk_addressable(u64::MAX - 1, 1));

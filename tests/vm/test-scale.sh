@@ -8,7 +8,7 @@
 # snapshot holds, per exception. Needs the dm-snap-cow tool.
 # vm-timeout: 1500
 . "$(dirname "$0")/lib.sh"
-ktap_begin scale 12
+ktap_begin scale 16
 # The quick tier: 128K exceptions (the same paths, an eighth of the time).
 N=${DMSR_SCALE_EXCEPTIONS:-1000000}
 quick && [ -z "${DMSR_SCALE_EXCEPTIONS:-}" ] && N=131072
@@ -75,6 +75,65 @@ else
 	fail "dm_snap_rs holds under half the C driver's memory" "dm_snap_rs +$RS_M kB, C +$C_M kB"
 fi
 echo "# activation C/rs: $C_T/$RS_T centiseconds"
+
+# An origin grown past the compact index while a snapshot of it is active
+# (lvextend: the origin's -real device, the origin and the snapshot
+# reloaded, the snapshot's table over the same COW, so the index is handed
+# over), then a first write past 2^32 chunks. Upstream's hash table takes
+# it; dm_snap_rs moves its index into a hash table then, where it used to
+# fail the copy and invalidate the snapshot. The origin is dm-zero but for
+# 4 MiB of null_blk at 0 and, once grown, 4 MiB more at 17 TiB (chunk
+# 4,563,402,752 of 4 KiB). Printed per driver, compared: the snapshot's
+# status, and what both devices read at 0 and at 17 TiB.
+GO=$(nullb_create sg_o 8)
+GC=$(nullb_create sg_c 16)
+need_blk "null_blk disks for the growth test" "$GC"
+pattern /tmp/grow.base 8; pattern /tmp/grow.a 1; pattern /tmp/grow.b 1
+S1=$((4 << 31))
+T=$((17 << 31))
+S2=$((T + 8192))
+# sum_at DEV MIB: md5 of the MiB at MiB MIB of DEV, or MISSING.
+sum_at() {
+	local s f=/tmp/.sum_at.$$ fl=
+	[ -b "$1" ] && fl=iflag=direct
+	rm -f $f
+	s=$({ dd if="$1" bs=1M skip="$2" count=1 $fl 2>/dev/null || echo >$f; } | md5sum | cut -d' ' -f1)
+	if [ -e $f ]; then rm -f $f; echo "MISSING(read $1 at $2 MiB)"; else echo "$s"; fi
+}
+grow() {
+	dd if=/tmp/grow.base of=$GO bs=1M oflag=direct 2>/dev/null
+	dd if=/dev/zero of=$GC bs=1M count=1 oflag=direct 2>/dev/null
+	# The snapshot before the origin, as lvm2 resumes them: the origin
+	# then splits writes at the snapshot's chunks.
+	printf '0 8192 linear %s 0\n8192 %s zero\n' $GO $((S1 - 8192)) | dmsetup create sg-real &&
+		echo "0 $S1 snapshot $DM/sg-real $GC P 8" | dmsetup create sg-snap &&
+		echo "0 $S1 snapshot-origin $DM/sg-real" | dmsetup create sg-origin || { echo "SETUP FAILED: create"; return; }
+	dd if=/tmp/grow.a of=$DM/sg-origin bs=1M oflag=direct 2>/dev/null || echo "SETUP FAILED: write at 0"
+	echo "before: $(dmsetup status sg-snap | cut -d' ' -f4-)"
+	dmsetup suspend sg-origin && dmsetup suspend sg-snap &&
+		printf '0 8192 linear %s 0\n8192 %s zero\n%s 8192 linear %s 8192\n' $GO $((T - 8192)) $T $GO |
+		dmsetup load sg-real && dmsetup resume sg-real &&
+		echo "0 $S2 snapshot-origin $DM/sg-real" | dmsetup load sg-origin &&
+		echo "0 $S2 snapshot $DM/sg-real $GC P 8" | dmsetup load sg-snap &&
+		dmsetup resume sg-snap && dmsetup resume sg-origin || echo "SETUP FAILED: grow"
+	dd if=/tmp/grow.b of=$DM/sg-origin bs=1M seek=$((T / 2048)) oflag=direct 2>/dev/null ||
+		echo "SETUP FAILED: write at 17 TiB"
+	echo "after: $(dmsetup status sg-snap | cut -d' ' -f4-)"
+	echo "snapshot at 0: $(sum_at $DM/sg-snap 0)"
+	echo "snapshot at 17 TiB: $(sum_at $DM/sg-snap $((T / 2048)))"
+	echo "origin at 0: $(sum_at $DM/sg-origin 0)"
+	echo "origin at 17 TiB: $(sum_at $DM/sg-origin $((T / 2048)))"
+	dmsetup remove sg-snap; dmsetup remove sg-origin; dmsetup remove sg-real
+}
+load_c; grow >/tmp/grow.c 2>&1
+load_rs; dmesg -c >/dev/null; grow >/tmp/grow.rs 2>&1
+cat /tmp/grow.rs | sed 's/^/# rs: /'
+same_output "origin grown past 2^32 chunks under a snapshot: what the C driver does" /tmp/grow.c /tmp/grow.rs
+expect_eq "the grown snapshot keeps the old data at 17 TiB (and is valid)" \
+	"$(sum_at /tmp/grow.base 4) valid" \
+	"$(sed -n 's/^snapshot at 17 TiB: //p' /tmp/grow.rs) $(grep -q '^after: .*Invalid' /tmp/grow.rs && echo invalid || echo valid)"
+check "dm_snap_rs moved its index into a hash table to do it" sh -c "dmesg | grep -q 'beyond the exception index: its .* chunks moved to a hash table'"
+nullb_remove sg_o; nullb_remove sg_c
 
 unload_drivers
 must "dm_snap_rs loads with snapshot_exception_index=0" insmod "$KO" snapshot_exception_index=0
