@@ -48,7 +48,13 @@ impl Region<'_> {
 /// # Safety
 ///
 /// [`JobPtr::from_raw`] of a pointer from [`JobPtr::into_raw`] gives back
-/// the same value, whose ownership the raw pointer held meanwhile.
+/// the same value, whose ownership the raw pointer held meanwhile; and what
+/// a shared reference to the value reaches stays valid and in place until
+/// the value is dropped, while it is raw too (the value is a pointer to
+/// what it owns, or owns it through pointers). The regions of a job are
+/// borrowed from the job ([`Kcopyd::copy`] asks the job for them), and
+/// kcopyd uses their devices until the job's completion: so a region can
+/// never name a device that goes before its copy ends.
 pub unsafe trait JobPtr: Sized + Send {
     /// Gives up ownership to a raw pointer (never null).
     fn into_raw(self) -> *mut c_void;
@@ -255,10 +261,16 @@ impl Kcopyd {
         r
     }
 
-    /// Copies `src` to `dest`, then calls `job.done()`. May sleep. A closed
+    /// Copies the source of `regions(&job)` to its destination, then
+    /// calls `job.done()`. The regions are borrowed from the job, which
+    /// keeps their devices until then ([`JobPtr`]). May sleep. A closed
     /// client gives the job back.
-    pub fn copy<J: CopyJob>(&self, src: &Region<'_>, dest: &Region<'_>, job: J) -> Result<(), J> {
-        let (mut s, mut d) = (src.raw(), dest.raw());
+    pub fn copy<J: CopyJob>(
+        &self,
+        job: J,
+        regions: impl for<'j> FnOnce(&'j J) -> [Region<'j>; 2],
+    ) -> Result<(), J> {
+        let [mut s, mut d] = regions(&job).map(|r| r.raw());
         let mut job = Some(job);
         self.with_client(|c| {
             let Some(j) = job.take() else {
@@ -273,26 +285,30 @@ impl Kcopyd {
         job.map_or(Ok(()), Err)
     }
 
-    /// Copies `src` to every region of `dests` (at most [`MAX_DESTS`], all
-    /// as long as `src`) with one read, then calls `job.done_multi()`. A
-    /// write error on one destination does not stop the others
-    /// (`DM_KCOPYD_IGNORE_ERROR`): each is told apart in `write_err`. May
-    /// sleep. Gives the job back if the client is closed or `dests` is
-    /// empty or too long.
-    pub fn copy_multi<'a, J: MultiCopyJob>(
+    /// Copies the source of `regions(&job)` to each of its destinations
+    /// (at most [`MAX_DESTS`], all as long as the source) with one read,
+    /// then calls `job.done_multi()`. A write error on one destination
+    /// does not stop the others (`DM_KCOPYD_IGNORE_ERROR`): each is told
+    /// apart in `write_err`, bit `i` for the `i`-th destination present.
+    /// The regions are borrowed from the job ([`JobPtr`]). May sleep.
+    /// Gives the job back if the client is closed or there is no
+    /// destination.
+    pub fn copy_multi<J: MultiCopyJob>(
         &self,
-        src: &Region<'_>,
-        dests: impl IntoIterator<Item = Region<'a>>,
         job: J,
+        regions: impl for<'j> FnOnce(&'j J) -> (Region<'j>, [Option<Region<'j>>; MAX_DESTS]),
     ) -> Result<(), J> {
-        let mut s = src.raw();
+        let (mut s, dests) = {
+            let (src, dests) = regions(&job);
+            (src.raw(), dests.map(|r| r.map(|r| r.raw())))
+        };
         let mut d: [sys::dm_io_region; MAX_DESTS] = core::array::from_fn(|_| Default::default());
         let mut n = 0u32;
-        for x in dests {
+        for x in dests.into_iter().flatten() {
             let Some(r) = d.get_mut(n as usize) else {
                 return Err(job);
             };
-            *r = x.raw();
+            *r = x;
             n += 1;
         }
         if n == 0 {
@@ -323,16 +339,17 @@ impl Kcopyd {
         job.map_or(Ok(()), Err)
     }
 
-    /// Zeroes `dest` (the chunk `bio` maps to), then calls `job.zeroed()`
-    /// with the bio. `bi_private` carries the job, as upstream's
-    /// `zero_exception`. A closed client gives both back.
+    /// Zeroes `dest(&job)` (the chunk `bio` maps to, borrowed from the
+    /// job: [`JobPtr`]), then calls `job.zeroed()` with the bio.
+    /// `bi_private` carries the job, as upstream's `zero_exception`. A
+    /// closed client gives both back.
     pub fn zero_bio<J: ZeroJob>(
         &self,
-        dest: &Region<'_>,
         bio: OwnedBio,
         job: J,
+        dest: impl for<'j> FnOnce(&'j J) -> Region<'j>,
     ) -> Result<(), (OwnedBio, J)> {
-        let mut d = dest.raw();
+        let mut d = dest(&job).raw();
         let mut parts = Some((bio, job));
         self.with_client(|c| {
             let Some((bio, job)) = parts.take() else {

@@ -226,18 +226,25 @@ impl Snap {
     pub(crate) fn start_copy(&self, t: PendingTicket) {
         let (old, new, g) = (t.old_chunk(), t.new_chunk(), t.ctx().geometry);
         let count = g.copy_len(old, self.origin.nr_sectors());
-        let src = Region {
-            dev: &self.origin,
-            sector: g.sector_of(old),
-            count,
-        };
-        let dest = Region {
-            dev: &self.cow,
-            sector: g.sector_of(new),
-            count,
-        };
         self.account_start_copy();
-        if let Err(t) = self.kcopyd.copy(&src, &dest, t) {
+        // The devices of the ticket's snapshot (this one), which the
+        // ticket keeps until its completion.
+        let r = self.kcopyd.copy(t, |t| {
+            let s = &t.ctx().snap;
+            [
+                Region {
+                    dev: &s.origin,
+                    sector: g.sector_of(old),
+                    count,
+                },
+                Region {
+                    dev: &s.cow,
+                    sector: g.sector_of(new),
+                    count,
+                },
+            ]
+        });
+        if let Err(t) = r {
             self.copy_done(t, false);
         }
     }
@@ -256,13 +263,14 @@ impl Snap {
     /// Zeroes a whole copied chunk for a discard (`zero_exception`); the
     /// bio, already pointing at the COW chunk, completes when it is done.
     pub(crate) fn zero_chunk(s: &Arc<Snap>, bio: OwnedBio, chunk_sectors: u32) {
-        let region = Region {
-            dev: &s.cow,
-            sector: bio.sector(),
-            count: u64::from(chunk_sectors),
-        };
+        let sector = bio.sector();
         s.account_start_copy();
-        if let Err((bio, job)) = s.kcopyd.zero_bio(&region, bio, s.clone()) {
+        let r = s.kcopyd.zero_bio(bio, s.clone(), |s| Region {
+            dev: &s.cow,
+            sector,
+            count: u64::from(chunk_sectors),
+        });
+        if let Err((bio, job)) = r {
             job.zeroed(bio, false);
         }
     }
@@ -552,39 +560,16 @@ impl SharedCopy {
             }
             return;
         }
-        // Our own references: the tickets travel into the job below while
-        // their regions are read.
-        let mut snaps: [Option<Arc<Snap>>; MAX_DESTS] = [const { None }; MAX_DESTS];
-        let mut new = [0; MAX_DESTS];
-        for (i, t) in self.tickets.iter().enumerate() {
-            if let Some(t) = t {
-                snaps[i] = Some(t.ctx().snap.clone());
-                new[i] = t.new_chunk();
-            }
-        }
         let Some(Some(head)) = self.tickets.first() else {
             return;
         };
         let (g, old) = (head.ctx().geometry, head.old_chunk());
-        let Some(first) = snaps[0].clone() else {
-            return;
-        };
+        // Our own reference to the first snapshot, whose client runs the
+        // job: the tickets travel into it.
+        let first = head.ctx().snap.clone();
         let count = g.copy_len(old, first.origin.nr_sectors());
-        let src = Region {
-            dev: &first.origin,
-            sector: g.sector_of(old),
-            count,
-        };
-        let mut regions: [Option<Region<'_>>; MAX_DESTS] = [const { None }; MAX_DESTS];
-        for ((r, s), n) in regions.iter_mut().zip(&snaps).zip(new) {
-            if let Some(s) = s {
-                s.account_start_copy();
-                *r = Some(Region {
-                    dev: &s.cow,
-                    sector: g.sector_of(n),
-                    count,
-                });
-            }
+        for t in self.tickets.iter().flatten() {
+            t.ctx().snap.account_start_copy();
         }
         // Chain the tickets, last first: the head owns the rest.
         let mut chain: Option<PendingTicket> = None;
@@ -603,10 +588,28 @@ impl SharedCopy {
         let Some(head) = chain else {
             return;
         };
-        if let Err(job) = first
-            .kcopyd
-            .copy_multi(&src, regions.into_iter().flatten(), head)
-        {
+        // The regions come from the chain itself: each ticket keeps its
+        // snapshot's devices until the shared copy completes.
+        let r = first.kcopyd.copy_multi(head, |head| {
+            let mut dests = [const { None }; MAX_DESTS];
+            let mut slots = dests.iter_mut();
+            head.for_each_linked(|ctx, n| {
+                if let Some(d) = slots.next() {
+                    *d = Some(Region {
+                        dev: &ctx.snap.cow,
+                        sector: g.sector_of(n),
+                        count,
+                    });
+                }
+            });
+            let src = Region {
+                dev: &head.ctx().snap.origin,
+                sector: g.sector_of(old),
+                count,
+            };
+            (src, dests)
+        });
+        if let Err(job) = r {
             job.done_multi(false, 0);
         }
     }
@@ -619,7 +622,7 @@ impl MultiCopyJob for PendingTicket {
         let mut all: [Option<PendingTicket>; MAX_DESTS] = [const { None }; MAX_DESTS];
         let mut next = Some(self);
         let mut n = 0;
-        while let Some(t) = next {
+        while let Some(mut t) = next {
             next = t.unlink();
             if n == MAX_DESTS {
                 // Never longer than the job's destinations: fail the rest.

@@ -22,6 +22,7 @@ use super::registry::copy_for_write;
 use crate::dm::kcopyd::{CopyJob, Region};
 use crate::logic::chunk::Chunk;
 use crate::logic::exception_table::RemoveChunkError;
+use crate::sync::complete::Removed;
 use core::sync::atomic::Ordering;
 use kernel::prelude::*;
 use kernel::sync::Arc;
@@ -116,17 +117,22 @@ impl Snap {
         for i in 0..batch.chunks {
             s.wait_for_tracked(batch.old + i as u64);
         }
-        let src = Region {
-            dev: &s.cow,
-            sector: g.sector_of(batch.new),
-            count,
-        };
-        let dest = Region {
-            dev: &s.origin,
-            sector: dest_sector,
-            count,
-        };
-        if let Err(job) = s.kcopyd.copy(&src, &dest, s.clone()) {
+        let src_sector = g.sector_of(batch.new);
+        let r = s.kcopyd.copy(s.clone(), |s| {
+            [
+                Region {
+                    dev: &s.cow,
+                    sector: src_sector,
+                    count,
+                },
+                Region {
+                    dev: &s.origin,
+                    sector: dest_sector,
+                    count,
+                },
+            ]
+        });
+        if let Err(job) = r {
             job.done_detail(false, true);
         }
     }
@@ -169,11 +175,25 @@ impl Snap {
     /// waited for it.
     fn remove_merged(&self, first: Chunk, n: usize) -> bool {
         let mut st = self.state.write();
-        for chunk in (first..first + n as u64).rev() {
+        let mut chunks = (first..first + n as u64).rev();
+        let mut next = chunks.next();
+        while let Some(chunk) = next {
             let r = st.exc.complete.remove_chunk(chunk);
             match r {
                 // A freed entry is dropped here, its bucket unlocked.
-                Ok(freed) => drop(freed),
+                Ok(Removed::Done(freed)) => {
+                    drop(freed);
+                    next = chunks.next();
+                }
+                // Nodes for a run cut in two, allocated with no write
+                // hold (they may wait for memory); the chunks being merged
+                // stay as they are meanwhile: writes to them wait in
+                // `queued`, and only this worker removes exceptions.
+                Ok(Removed::NeedNodes) => {
+                    drop(st);
+                    self.state.read().exc.complete.refill(chunk, 2);
+                    st = self.state.write();
+                }
                 Err(RemoveChunkError::NotFound) => {
                     pr_err!(
                         "snapshots: Corruption detected: exception for block {} is on disk but not in memory\n",

@@ -328,6 +328,11 @@ impl Snapshot {
                 .filter(|md| *md != target.handle().md());
             (md.and_then(|md| md.hold()), merging)
         };
+        // Without a hold (no origin device, or dm_hold failed because it
+        // is going away) the merging snapshot is not touched: its clone
+        // goes now. Keeping it longer would be harmless too: a `Snap` owns
+        // nothing that dies with its target (see `Snap`).
+        let merging = merging.filter(|_| held.is_some());
         let mut held = held;
         let mut restart = None;
         if let Some(h) = held.as_mut() {

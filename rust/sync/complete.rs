@@ -105,6 +105,14 @@ pub enum InsertError {
     Unrepresentable,
 }
 
+/// What [`CompleteTable::remove_chunk`] did.
+pub enum Removed {
+    /// The chunk is out; a hash-table entry it left empty, to free.
+    Done(Option<NewException>),
+    /// Nothing: the index needs nodes for it first.
+    NeedNodes,
+}
+
 /// Why [`CompleteTable::insert_sorted`] stopped.
 pub enum LoadError {
     /// The index cannot number the batch's item at this position (those
@@ -359,22 +367,27 @@ impl CompleteTable {
     /// Takes `chunk` out of the exception covering it, as a merge does
     /// (upstream's `__remove_single_exception_chunk`); a hash-table entry
     /// left empty comes back, to be freed by the caller (no lock is held
-    /// when this returns). May sleep.
-    pub fn remove_chunk(&self, chunk: Chunk) -> Result<Option<NewException>, RemoveChunkError> {
+    /// when this returns). Never allocates nor sleeps: the merge calls it
+    /// with the state lock held for write, which every bio of the snapshot
+    /// and of its origin waits for, and a wait for memory there (a node
+    /// pool whose reserve only teardown refills) would stall them all. A
+    /// cut in the middle of a run that needs nodes changes nothing and
+    /// says [`Removed::NeedNodes`]: drop the write hold, [`refill`] the
+    /// chunk for 2 slots under a read hold, and retry.
+    ///
+    /// [`refill`]: CompleteTable::refill
+    pub fn remove_chunk(&self, chunk: Chunk) -> Result<Removed, RemoveChunkError> {
         match &self.shape {
             Shape::Hash(raw) => {
                 let slab = self.slab;
                 raw.lock(chunk)
                     .remove_chunk(chunk)
-                    .map(|e| e.map(|e| NewException(New::Slab { e, slab })))
+                    .map(|e| Removed::Done(e.map(|e| NewException(New::Slab { e, slab }))))
             }
-            Shape::Index { ix, .. } => loop {
-                let r = ix.lock(chunk).remove(chunk);
-                match r {
-                    Ok(()) => return Ok(None),
-                    Err(IndexError::NeedNodes(_)) => self.refill(chunk, 2),
-                    Err(_) => return Err(RemoveChunkError::NotFound),
-                }
+            Shape::Index { ix, .. } => match ix.lock(chunk).remove(chunk) {
+                Ok(()) => Ok(Removed::Done(None)),
+                Err(IndexError::NeedNodes(_)) => Ok(Removed::NeedNodes),
+                Err(_) => Err(RemoveChunkError::NotFound),
             },
         }
     }

@@ -323,6 +323,33 @@ impl<P: PendingData> Ticket<P> {
         unsafe { &*ptr::addr_of!((*self.0.as_ptr()).next) }
     }
 
+    /// Calls `f` with the context and COW chunk of this ticket, then of
+    /// each ticket linked after it, in order: borrows of this one, which
+    /// owns the chain while it is borrowed ([`unlink`](Ticket::unlink)
+    /// takes `&mut`).
+    pub fn for_each_linked<'a>(&'a self, mut f: impl FnMut(&'a P::Ctx, Chunk)) {
+        let mut p = self.0.as_ptr();
+        loop {
+            // SAFETY: `p` is this ticket's entry or one linked after it;
+            // a linked entry is owned by the link (no ticket of it exists
+            // elsewhere, so nothing removes it), and no link changes but
+            // through `unlink`, excluded while `self` is borrowed. `ctx`
+            // is never written after allocation; the rest are raw reads.
+            let (ctx, new, next) = unsafe {
+                (
+                    &*ptr::addr_of!((*p).ctx),
+                    ptr::addr_of!((*p).e.new_chunk).read(),
+                    (*ptr::addr_of!((*p).next)).load(Ordering::Acquire),
+                )
+            };
+            f(ctx, new);
+            if next.is_null() {
+                return;
+            }
+            p = next;
+        }
+    }
+
     /// Makes this ticket own `next` (the next destination of a shared
     /// copy); gives `next` back if one is linked already.
     pub fn link(&self, next: Ticket<P>) -> Result<(), Ticket<P>> {
@@ -340,7 +367,7 @@ impl<P: PendingData> Ticket<P> {
 
     /// Takes back the ticket linked by [`Ticket::link`], if any. Call it
     /// before this ticket is removed from its table, or the link is lost.
-    pub fn unlink(&self) -> Option<Ticket<P>> {
+    pub fn unlink(&mut self) -> Option<Ticket<P>> {
         let p = self.next_slot().swap(ptr::null_mut(), Ordering::AcqRel);
         // The link held the ticket's ownership since `link`.
         NonNull::new(p).map(Ticket)
