@@ -16,7 +16,8 @@
 #   make clippy | fmt    lint with CLIPPY=1 / format with rustfmt
 #   make install         the module into /lib/modules/<release>/updates, depmod,
 #                        and dist/dm-snap-rs.conf into /etc/modprobe.d (so that
-#                        "dm-snapshot" and its aliases load dm_snap_rs);
+#                        "dm-snapshot" and its aliases load dm_snap_rs, or
+#                        the C module on a kernel without dm_snap_rs);
 #                        INSTALL_MOD_PATH=<dir> stages it all below <dir>
 #   make uninstall       undoes make install
 

@@ -5,10 +5,11 @@
 # dist/dm-snap-rs.conf in /etc/modprobe.d), with the C dm-snapshot.ko
 # installed too. Nothing is loaded by hand: device-mapper's
 # request_module("dm-<target>") and lvm2's "modprobe dm-snapshot" must load
-# dm_snap_rs by themselves, and never dm_snapshot. The guest's modprobe is
+# dm_snap_rs by themselves, and never dm_snapshot; and with the module gone
+# for the running kernel (the conf still installed), dm_snapshot. The guest's modprobe is
 # the distribution's (kmod), as on a real system.
 . "$(dirname "$0")/lib.sh"
-ktap_begin install 10
+ktap_begin install 12
 REL=$(uname -r)
 KMOD=/usr/bin/kmod
 loaded() { grep -q "^$1 " /proc/modules && echo yes || echo no; }
@@ -25,8 +26,12 @@ must "install: depmod" /sbin/depmod -a
 
 expect_eq "modinfo: the three aliases of upstream's module" "dm-snapshot dm-snapshot-origin dm-snapshot-merge" \
 	"$(/sbin/modinfo -F alias dm_snap_rs | tr '\n' ' ' | sed 's/ $//')"
+# Each name leads to dm_snapshot, whose install rule loads dm_snap_rs.
 for name in dm-snapshot dm-snapshot-origin dm-snapshot-merge; do
-	expect_eq "modprobe resolves $name to dm_snap_rs" "dm_snap_rs" "$(/sbin/modprobe -R $name 2>&1 | tr '\n' ' ' | sed 's/ $//')"
+	/sbin/modprobe $name
+	expect_eq "modprobe $name loads dm_snap_rs, not dm_snapshot" "dm_snap_rs=yes dm_snapshot=no" \
+		"dm_snap_rs=$(loaded dm_snap_rs) dm_snapshot=$(loaded dm_snapshot)"
+	unload_drivers
 done
 
 # device-mapper's own request_module: a table naming a target no module
@@ -46,15 +51,31 @@ unload_drivers
 P=$(nullb_create in_pv 64)
 # lvm2 knows no null_blk devices (not in its list of block device types).
 LVC='devices { types = [ "nullb", 16 ] }'
+VG=vgin
 vg() {
-	pvcreate -q -y --config "$LVC" $P && vgcreate -q --config "$LVC" vgin $P &&
-		lvcreate -q -y --config "$LVC" -L 16M -n lo vgin &&
-		lvcreate -q -y --config "$LVC" -s -L 8M -n ls vgin/lo
+	pvcreate -q -y --config "$LVC" $P && vgcreate -q --config "$LVC" $VG $P &&
+		lvcreate -q -y --config "$LVC" -L 16M -n lo $VG &&
+		lvcreate -q -y --config "$LVC" -s -L 8M -n ls $VG/lo
 }
 check "lvcreate -s on a VG (lvm2 probes and loads the snapshot target)" vg
 expect_eq "lvm2's snapshot runs on dm_snap_rs: target, modules" "snapshot dm_snap_rs=yes dm_snapshot=no" \
 	"$(dmsetup table vgin-ls 2>&1 | cut -d' ' -f3) dm_snap_rs=$(loaded dm_snap_rs) dm_snapshot=$(loaded dm_snapshot)"
 for c in "lvremove -q -y vgin" "vgremove -q -y vgin" "pvremove -q -y $P"; do $c --config "$LVC" >/dev/null 2>&1; done
+dmsetup remove_all 2>/dev/null
 nullb_remove in_pv
+unload_drivers
+
+# The fallback: the conf installed, but no dm_snap_rs for the running
+# kernel (a kernel DKMS has not built for, a rescue kernel): lvm2 must
+# still get a snapshot target, the C module's.
+must "uninstall the module only (the conf stays)" rm /lib/modules/$REL/updates/dm_snap_rs.ko
+must "depmod" /sbin/depmod -a
+# A disk and a VG of their own (the first VG's teardown is not checked).
+P=$(nullb_create in_pv2 64) VG=vgfb
+check "without dm_snap_rs, lvcreate -s still works" vg
+expect_eq "... on the C module" "snapshot dm_snap_rs=no dm_snapshot=yes" \
+	"$(dmsetup table vgfb-ls 2>&1 | cut -d' ' -f3) dm_snap_rs=$(loaded dm_snap_rs) dm_snapshot=$(loaded dm_snapshot)"
+for c in "lvremove -q -y vgfb" "vgremove -q -y vgfb" "pvremove -q -y $P"; do $c --config "$LVC" >/dev/null 2>&1; done
+nullb_remove in_pv2
 unload_drivers
 summary
