@@ -11,6 +11,7 @@ pub mod bio;
 pub mod device;
 pub mod dmio;
 pub mod kcopyd;
+pub mod log;
 pub mod mempool;
 pub mod status;
 pub mod target;

@@ -96,7 +96,7 @@ impl Snap {
         match locks.pending_insert(pe) {
             Ok(t) => Found::Created(t),
             Err(_) => {
-                pr_err!("snapshots: pending exception in the wrong bucket\n");
+                crate::dm_err!("pending exception in the wrong bucket\n");
                 Found::Full
             }
         }
@@ -307,7 +307,7 @@ impl Snap {
         drop(a);
         drop(st);
         if let Some(t) = unordered {
-            pr_err!("snapshots: pending exception out of the allocation order\n");
+            crate::dm_err!("pending exception out of the allocation order\n");
             self.pending_complete(t, false);
         }
         while let Some(r) = ready.take() {
@@ -348,7 +348,7 @@ impl Snap {
         match locks.pending_remove(t?) {
             Ok(b) => Some(b),
             Err(_) => {
-                pr_err!("snapshots: finished pending exception not in its table\n");
+                crate::dm_err!("finished pending exception not in its table\n");
                 None
             }
         }
@@ -368,7 +368,7 @@ impl Snap {
             self.invalidate(true);
         }
         if unrepresentable {
-            pr_err!("snapshots: chunk {} beyond the exception table\n", old);
+            crate::dm_err!("chunk {} beyond the exception table\n", old);
             self.invalidate(false);
         }
         if let Some(pe) = pe {
@@ -578,7 +578,7 @@ impl SharedCopy {
                 if let Some(next) = chain.take() {
                     if let Err(next) = t.link(next) {
                         // A fresh ticket has no link: cannot happen.
-                        pr_err!("snapshots: shared copy ticket linked twice\n");
+                        crate::dm_err!("shared copy ticket linked twice\n");
                         next.done_multi(false, 0);
                     }
                 }

@@ -351,9 +351,9 @@ impl Snap {
             return;
         }
         if nomem {
-            pr_err!("snapshots: Invalidating snapshot: Unable to allocate exception.\n");
+            crate::dm_err!("Invalidating snapshot: Unable to allocate exception.\n");
         } else {
-            pr_err!("snapshots: Invalidating snapshot: Error reading/writing.\n");
+            crate::dm_err!("Invalidating snapshot: Error reading/writing.\n");
         }
         if let Some(p) = st.io() {
             p.drop_snapshot(&self.cow, st.geometry());
@@ -383,7 +383,7 @@ impl Snap {
         let mut st = self.state.write();
         st.valid = false;
         self.valid_hint.store(false, Ordering::Relaxed);
-        pr_err!("snapshots: Cancelling snapshot handover.\n");
+        crate::dm_err!("Cancelling snapshot handover.\n");
     }
 
     /// The compact index cannot number exception `old` -> `new` (the origin
@@ -400,8 +400,8 @@ impl Snap {
         let shift = complete_hash_shift(origin_chunks(&self.origin, g), buckets as u64);
         match st.complete_mut().outgrow_index(buckets, shift) {
             Ok(Some(moved)) => {
-                pr_info!(
-                    "snapshots: exception {} -> {} is beyond the exception index: its {} chunks moved to a hash table\n",
+                crate::dm_info!(
+                    "exception {} -> {} is beyond the exception index: its {} chunks moved to a hash table\n",
                     old,
                     new,
                     moved
@@ -410,8 +410,8 @@ impl Snap {
             }
             Ok(None) => Ok(()),
             Err(e) => {
-                pr_err!(
-                    "snapshots: exception {} -> {} is beyond the exception index, and no memory to move it to a hash table\n",
+                crate::dm_err!(
+                    "exception {} -> {} is beyond the exception index, and no memory to move it to a hash table\n",
                     old,
                     new
                 );
@@ -425,7 +425,7 @@ impl Snap {
         let mut st = self.state.write();
         if st.valid && !st.overflowed {
             st.overflowed = true;
-            pr_err!("snapshots: Snapshot overflowed: Unable to allocate exception.\n");
+            crate::dm_err!("Snapshot overflowed: Unable to allocate exception.\n");
         }
     }
 

@@ -24,7 +24,6 @@ use crate::logic::chunk::Chunk;
 use crate::logic::exception_table::RemoveChunkError;
 use crate::sync::complete::Removed;
 use core::sync::atomic::Ordering;
-use kernel::prelude::*;
 use kernel::sync::Arc;
 
 impl Snap {
@@ -85,7 +84,7 @@ impl Snap {
             (st.valid, st.geometry(), st.io())
         };
         if !valid {
-            pr_err!("snapshots: Snapshot is invalid: can't merge\n");
+            crate::dm_err!("Snapshot is invalid: can't merge\n");
             return s.merge_shutdown();
         }
         let Some(pio) = pio else {
@@ -95,7 +94,7 @@ impl Snap {
             Ok(Some(b)) => b,
             Ok(None) => return s.merge_shutdown(),
             Err(_) => {
-                pr_err!("snapshots: Read error in exception store: shutting down merge\n");
+                crate::dm_err!("Read error in exception store: shutting down merge\n");
                 s.state.write().merge_failed = true;
                 return s.merge_shutdown();
             }
@@ -142,15 +141,15 @@ impl Snap {
     /// (`merge_callback`). False on any error, said in the log.
     fn merge_batch_done(&self, read_ok: bool, write_ok: bool) -> bool {
         if !read_ok {
-            pr_err!("snapshots: Read error: shutting down merge.\n");
+            crate::dm_err!("Read error: shutting down merge.\n");
             return false;
         }
         if !write_ok {
-            pr_err!("snapshots: Write error: shutting down merge.\n");
+            crate::dm_err!("Write error: shutting down merge.\n");
             return false;
         }
         if self.origin.flush().is_err() {
-            pr_err!("snapshots: Flush after merge failed: shutting down merge\n");
+            crate::dm_err!("Flush after merge failed: shutting down merge\n");
             return false;
         }
         let (g, pio, range) = {
@@ -163,7 +162,7 @@ impl Snap {
         match pio.commit_merge(&self.cow, g, n) {
             Ok(next_free) => self.state.read().alloc().store.set_next_free(next_free),
             Err(_) => {
-                pr_err!("snapshots: Write error in exception store: shutting down merge\n");
+                crate::dm_err!("Write error in exception store: shutting down merge\n");
                 return false;
             }
         }
@@ -195,15 +194,15 @@ impl Snap {
                     st = self.state.write();
                 }
                 Err(RemoveChunkError::NotFound) => {
-                    pr_err!(
-                        "snapshots: Corruption detected: exception for block {} is on disk but not in memory\n",
+                    crate::dm_err!(
+                        "Corruption detected: exception for block {} is on disk but not in memory\n",
                         chunk
                     );
                     return false;
                 }
                 Err(RemoveChunkError::Middle { first, last }) => {
-                    pr_err!(
-                        "snapshots: Attempt to merge block {} from the middle of a chunk range [{} - {}]\n",
+                    crate::dm_err!(
+                        "Attempt to merge block {} from the middle of a chunk range [{} - {}]\n",
                         chunk,
                         first,
                         last

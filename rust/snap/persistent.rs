@@ -152,8 +152,9 @@ impl Loaded {
     /// Upstream's warning that the on-disk chunk size wins, if it did.
     pub(crate) fn warn_overridden(&self) {
         if let Some((disk, table)) = self.overridden {
-            pr_warn!(
-                "snapshots: chunk size {} in device metadata overrides table chunk size of {}.\n",
+            crate::dm_warn!(
+                persistent;
+                "chunk size {} in device metadata overrides table chunk size of {}.\n",
                 disk,
                 table
             );
@@ -225,15 +226,15 @@ impl PersistentIo {
                 }
             }
             Err(HeaderError::Corrupt(_)) => {
-                pr_warn!("snapshots: Invalid or corrupt snapshot\n");
+                crate::dm_warn!(persistent; "Invalid or corrupt snapshot\n");
                 return Err(LoadError::Corrupt);
             }
             Err(HeaderError::ChunkSize(c)) => {
-                pr_err!("snapshots: invalid on-disk chunk size {}.\n", c);
+                crate::dm_err!(persistent; "invalid on-disk chunk size {}.\n", c);
                 return Err(LoadError::ChunkSize);
             }
             Err(HeaderError::Version(v)) => {
-                pr_warn!("snapshots: unable to handle snapshot disk version {}\n", v);
+                crate::dm_warn!(persistent; "unable to handle snapshot disk version {}\n", v);
                 return Err(LoadError::Version);
             }
         };
@@ -324,8 +325,9 @@ impl PersistentIo {
             WalkError::Io(e) => e,
         })?;
         if let Some((area, k, old, new)) = outside {
-            pr_err!(
-                "snapshots: COW metadata area {} entry {}: exception {} -> {} is outside the COW ({} chunks), on its metadata, or past any origin\n",
+            crate::dm_err!(
+                persistent;
+                "COW metadata area {} entry {}: exception {} -> {} is outside the COW ({} chunks), on its metadata, or past any origin\n",
                 area,
                 k,
                 old,
@@ -377,7 +379,7 @@ impl PersistentIo {
         if c.callbacks.push(pe, GFP_NOWAIT).is_err() {
             // Cannot happen (an area holds at most that many); the ticket
             // is leaked loudly rather than completed early.
-            pr_err!("snapshots: commit list full\n");
+            crate::dm_err!(persistent; "commit list full\n");
         }
         let CommitStep::Write {
             area_chunk,
@@ -462,7 +464,7 @@ impl PersistentIo {
         self.commit.lock().valid = false;
         self.wq.run(|| {
             if self.write_header(cow, g, false).is_err() {
-                pr_warn!("snapshots: write header failed\n");
+                crate::dm_warn!(persistent; "write header failed\n");
             }
         });
     }

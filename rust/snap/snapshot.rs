@@ -74,7 +74,7 @@ impl Snapshot {
             let r = if l.new_cow {
                 snap.init_new_cow()
             } else if !l.valid {
-                pr_warn!("snapshots: Snapshot is marked invalid.\n");
+                crate::dm_warn!("Snapshot is marked invalid.\n");
                 snap.mark_invalid_at_load();
                 Ok(())
             } else {
@@ -294,13 +294,11 @@ impl Snapshot {
         let o = s.reg.read();
         if let (Some(src), Some(_)) = o.sharing_cow(s) {
             if core::ptr::eq(src, s) {
-                pr_err!("snapshots: Unable to resume snapshot source until handover completes.\n");
+                crate::dm_err!("Unable to resume snapshot source until handover completes.\n");
                 return Err(EINVAL);
             }
             if !src.ti.is_suspended() {
-                pr_err!(
-                    "snapshots: Unable to perform snapshot handover until source is suspended.\n"
-                );
+                crate::dm_err!("Unable to perform snapshot handover until source is suspended.\n");
                 return Err(EINVAL);
             }
         }

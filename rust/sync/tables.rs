@@ -263,7 +263,7 @@ impl<P: PendingData> Drop for PendingBox<P> {
         };
         if in_order != 0 {
             // Still linked in an order: leak rather than free linked memory.
-            pr_err!("dm_snap_rs: pending exception dropped while ordered; leaked\n");
+            crate::dm_err!("pending exception dropped while ordered; leaked\n");
             return;
         }
         // SAFETY: see above: `home` outlives the entry.
@@ -376,7 +376,7 @@ impl<P: PendingData> Ticket<P> {
 
 impl<P: PendingData> Drop for Ticket<P> {
     fn drop(&mut self) {
-        pr_err!("dm_snap_rs: pending exception ticket dropped; entry leaked\n");
+        crate::dm_err!("pending exception ticket dropped; entry leaked\n");
     }
 }
 
