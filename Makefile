@@ -14,17 +14,19 @@
 #   make KDIR=<tree>     build against any Rust-enabled 6.12 build tree
 #   make rust-analyzer   write rust-project.json for editors
 #   make clippy | fmt    lint with CLIPPY=1 / format with rustfmt
-#   make install         the module into /lib/modules/<release>/updates, depmod,
-#                        and dist/dm-snap-rs.conf into /etc/modprobe.d (so that
-#                        "dm-snapshot" and its aliases load dm_snap_rs, or
-#                        the C module on a kernel without dm_snap_rs);
-#                        INSTALL_MOD_PATH=<dir> stages it all below <dir>
+#   make install         the module into /lib/modules/<release>/updates for the
+#                        release of KDIR (said first), depmod, dist/dm-snap-rs.conf
+#                        into /etc/modprobe.d (so that "dm-snapshot" and its
+#                        aliases load dm_snap_rs, or the C module on a kernel
+#                        without dm_snap_rs), and dm-snap-cow into
+#                        $(SBINDIR); INSTALL_MOD_PATH=<dir> stages it all
+#                        below <dir>. Without KDIR (the cached test kernel) it
+#                        refuses unless that is the running kernel or the
+#                        install is staged.
 #   make uninstall       undoes make install
 
-ifneq ($(KERNELRELEASE),)
-include $(src)/Kbuild
-else
-
+# Kbuild reads ./Kbuild, never this file: this is the user's entry point
+# only (DKMS runs it with KERNELRELEASE set).
 ROOT := $(CURDIR)
 # Without KDIR, use (and if needed build) the cached debug test kernel.
 ifeq ($(KDIR),)
@@ -34,7 +36,7 @@ endif
 export PATH := /usr/lib/llvm-19/bin:$(HOME)/.cargo/bin:$(PATH)
 KMAKE = $(MAKE) -C $(KDIR) M=$(ROOT) LLVM=1 RUSTC=/usr/bin/rustc BINDGEN=bindgen CLIPPY_DRIVER=/usr/bin/clippy-driver
 
-.PHONY: all module kernel clean check check-full fuzz demo bench bench-scale rust-analyzer clippy fmt unit install uninstall
+.PHONY: all module kernel clean check check-full fuzz demo bench bench-scale rust-analyzer clippy fmt unit install uninstall tool install-check
 
 all: module
 
@@ -51,14 +53,39 @@ KRELEASE = $(shell cat $(KDIR)/include/config/kernel.release 2>/dev/null)
 MODPROBE_CONF = $(INSTALL_MOD_PATH)/etc/modprobe.d/dm-snap-rs.conf
 DEPMOD = depmod $(if $(INSTALL_MOD_PATH),-b $(INSTALL_MOD_PATH)) $(KRELEASE)
 
-install: module
+SBINDIR ?= /usr/local/sbin
+TOOL = $(INSTALL_MOD_PATH)$(SBINDIR)/dm-snap-cow
+
+# A module built against the cached test kernel (no KDIR) loads only into
+# that kernel: installing it on this machine would put it under a release
+# nothing here boots, next to a modprobe.d file that then claims the
+# machine's snapshot targets. So say which kernel, and refuse that case.
+install-check: module
+ifdef KDIR_AUTO
+ifeq ($(INSTALL_MOD_PATH),)
+	@if [ "$(KRELEASE)" != "$$(uname -r)" ]; then \
+		echo "make install: no KDIR given, so dm_snap_rs.ko was built for the cached test kernel $(KRELEASE)," >&2; \
+		echo "  not for the running kernel $$(uname -r). Build and install for this machine's kernel with" >&2; \
+		echo "  make install KDIR=/lib/modules/$$(uname -r)/build   (a Rust-enabled kernel: see Documentation/admin-guide.rst)" >&2; \
+		echo "  or stage the test kernel's install with INSTALL_MOD_PATH=<dir>." >&2; \
+		exit 1; \
+	fi
+endif
+endif
+	@echo "make install: dm_snap_rs for kernel $(KRELEASE) (KDIR=$(KDIR))$(if $(INSTALL_MOD_PATH), staged below $(INSTALL_MOD_PATH))"
+
+tool:
+	cargo build --release --quiet --bin dm-snap-cow
+
+install: install-check tool
 	+$(KMAKE) INSTALL_MOD_DIR=updates INSTALL_MOD_PATH=$(INSTALL_MOD_PATH) DEPMOD=true modules_install
 	install -D -m 0644 $(ROOT)/dist/dm-snap-rs.conf $(MODPROBE_CONF)
+	install -D -m 0755 $(ROOT)/target/release/dm-snap-cow $(TOOL)
 	$(DEPMOD)
 
 uninstall:
 	rm -f $(INSTALL_MOD_PATH)/lib/modules/$(KRELEASE)/updates/dm_snap_rs.ko*
-	rm -f $(MODPROBE_CONF)
+	rm -f $(MODPROBE_CONF) $(TOOL)
 	$(DEPMOD)
 
 clippy: kernel
@@ -98,5 +125,3 @@ rust-analyzer: kernel
 clean:
 	-[ -d "$(KDIR)" ] && $(KMAKE) clean
 	rm -f rust/bindings_generated.rs rust-project.json
-
-endif
