@@ -8,11 +8,13 @@
 //! loaded while `dm-snapshot.ko` is (dm refuses a second registration of the
 //! same target name).
 //!
-//! Layout: [`dm`] and [`sync`] are the only places with `unsafe` and FFI
-//! (device-mapper, the block layer, kcopyd, locks, the exception tables'
-//! memory); [`logic`] is pure code shared with userspace tests; `snap`
-//! holds the targets, written against [`dm`]'s and [`sync`]'s safe types
-//! with no `unsafe` at all. See `Documentation/design.rst`.
+//! Layout: [`dm`] and [`sync`] hold the FFI (device-mapper, the block
+//! layer, kcopyd, locks) and its `unsafe`; [`logic`] is code free of kernel
+//! types, shared with userspace tests, whose exception tables and index
+//! manage their own memory and lock words with `unsafe` of their own;
+//! `snap` holds the targets, written against [`dm`]'s and [`sync`]'s safe
+//! types with no `unsafe` at all (`scripts/layer-check`). See
+//! `Documentation/design.rst`.
 
 // `pin_init!` over `Snap`'s fields expands past the default limit.
 #![recursion_limit = "256"]

@@ -133,7 +133,9 @@ impl Target {
 
     /// Length of the target in sectors.
     pub fn len(&self) -> u64 {
-        // SAFETY: as for `begin`.
+        // SAFETY: `self` was made by `from_raw` from a `dm_target` valid for
+        // its lifetime; `len` is set by dm core before the constructor runs
+        // and not changed while the target exists.
         unsafe { (*self.raw()).len }
     }
 

@@ -8,7 +8,8 @@
 //! Registry::origins (rwsem)
 //!   -> Snap::state (rwsem)
 //!        -> complete-table bucket bit lock -> pending-table bucket bit lock
-//!             -> Snap::store (spinlock: pe_allocation_lock)
+//!             -> Exceptions::alloc (spinlock: pe_allocation_lock; the
+//!                store's allocation, reached by `Snap::alloc`)
 //! leaves: the throttle lock
 //! ```
 //!

@@ -1,6 +1,7 @@
 //! `snapshot` and `snapshot-merge`: the targets a snapshot's reader and
 //! writer see (upstream's `snapshot_ctr`, `snapshot_map`, `snapshot_status`
-//! and friends). The copy-on-write machinery is in [`super::cow`].
+//! and friends). A snapshot's state and its changes are in [`super::cow`],
+//! pending exceptions and their copies in [`super::copy`].
 
 use super::copy::{Found, Pending, PendingTicket};
 use super::cow::{Snap, SnapArgs, State};
