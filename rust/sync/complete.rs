@@ -56,6 +56,12 @@ pub struct CompleteTable {
 }
 
 /// A completed exception not in a table yet (or left over by a merge).
+///
+/// # Invariants
+///
+/// A `New::Slab` entry `e` is a valid, initialized object allocated from
+/// `slab`, linked in no table and owned by this value alone (so it may be
+/// read, and is freed to `slab` on drop).
 pub struct NewException(New);
 
 enum New {
@@ -179,6 +185,7 @@ impl CompleteTable {
         match &self.shape {
             Shape::Hash(_) => {
                 let e = self.slab.alloc(Exception::new(old, new))?;
+                // INVARIANT: freshly allocated from `self.slab`, in no table.
                 Some(NewException(New::Slab { e, slab: self.slab }))
             }
             // Nodes come only when an insert asks (one in hundreds: a
@@ -334,6 +341,7 @@ impl CompleteTable {
                 return;
             };
             // A chunk extending a run comes back, freed on drop.
+            // INVARIANT: freshly allocated from `slab`, in no table.
             let r = hash_insert(
                 &mut raw.lock(old),
                 slab,
@@ -380,6 +388,8 @@ impl CompleteTable {
         match &self.shape {
             Shape::Hash(raw) => {
                 let slab = self.slab;
+                // INVARIANT: an entry of this table's `slab`, unlinked by
+                // `remove_chunk` under its bucket lock: now in no table.
                 raw.lock(chunk)
                     .remove_chunk(chunk)
                     .map(|e| Removed::Done(e.map(|e| NewException(New::Slab { e, slab }))))
@@ -483,10 +493,14 @@ fn hash_insert(
     // The entry moves on as `p`: no free on drop.
     core::mem::forget(e);
     if !ptr::eq(s, slab) {
+        // INVARIANT: `p` is still the entry of `s` that `e` owned, in no
+        // table.
         return Ok(Some(NewException(New::Slab { e: p, slab: s })));
     }
     // SAFETY: `p` is a valid exception in no table; the table owns it from
     // now on (freed in `CompleteTable::drop`), or hands it back merged.
+    // INVARIANT: an entry handed back is `p`, which `insert` did not link
+    // (it extended a run instead): an object of `slab` in no table.
     Ok(unsafe { b.insert(p) }.map(|e| NewException(New::Slab { e, slab })))
 }
 
