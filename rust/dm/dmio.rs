@@ -32,6 +32,11 @@ impl IoBuf {
 }
 
 /// A dm-io client.
+///
+/// # Invariants
+///
+/// The pointer is a live client from `dm_io_client_create`, owned by this
+/// value and destroyed only by its drop.
 pub struct DmIo(NonNull<sys::dm_io_client>);
 
 // SAFETY: dm-io clients may be used from any process context.
@@ -45,6 +50,7 @@ impl DmIo {
         // SAFETY: `dm_io_client_create` (exported) takes nothing and returns
         // a client or an ERR_PTR, which `from_err_ptr` checks.
         let p = kernel::error::from_err_ptr(unsafe { sys::dm_io_client_create() })?;
+        // INVARIANT: a client just created, owned by nothing else.
         NonNull::new(p).map(Self).ok_or(ENOMEM)
     }
 
@@ -138,6 +144,11 @@ impl Drop for DmIo {
 
 /// A `WQ_MEM_RECLAIM` workqueue to run metadata I/O on (upstream's
 /// `ksnaphd`).
+///
+/// # Invariants
+///
+/// The pointer is a live workqueue from `dmsr_alloc_metadata_wq`, owned by
+/// this value and destroyed only by its drop.
 pub struct MetadataWq(NonNull<bindings::workqueue_struct>);
 
 // SAFETY: workqueues are used from any context.
@@ -162,6 +173,7 @@ impl MetadataWq {
     /// A new workqueue.
     pub fn new() -> Result<Self> {
         // SAFETY: plain constructor.
+        // INVARIANT: a workqueue just allocated, owned by nothing else.
         NonNull::new(unsafe { sys::dmsr_alloc_metadata_wq() })
             .map(Self)
             .ok_or(ENOMEM)

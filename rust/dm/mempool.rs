@@ -10,6 +10,11 @@ use kernel::bindings;
 use kernel::prelude::*;
 
 /// A pool of `T`-sized kmalloc buffers with `min` reserved.
+///
+/// # Invariants
+///
+/// `pool` is a live mempool of `size_of::<T>()`-byte kmalloc buffers,
+/// owned by this value and destroyed only by its drop.
 pub struct Mempool<T> {
     pool: NonNull<bindings::mempool_t>,
     _p: PhantomData<T>,
@@ -32,6 +37,7 @@ impl<T> Mempool<T> {
         const { assert!(core::mem::align_of::<T>() <= Self::KMALLOC_MINALIGN) };
         // SAFETY: plain constructor.
         let p = unsafe { sys::dmsr_mempool_create(min, core::mem::size_of::<T>()) };
+        // INVARIANT: a pool just created for `T`-sized buffers.
         NonNull::new(p)
             .map(|pool| Self {
                 pool,
@@ -131,6 +137,11 @@ impl<T> Drop for Mempool<T> {
 
 /// A slab cache of `T`s for the I/O path, sized exactly (upstream's
 /// `exception_cache`): no kmalloc size-class rounding.
+///
+/// # Invariants
+///
+/// `cache` is a live kmem cache of objects of `T`'s size and alignment,
+/// owned by this value and destroyed only by its drop.
 pub struct Slab<T> {
     cache: NonNull<bindings::kmem_cache>,
     _p: PhantomData<T>,
@@ -148,6 +159,7 @@ impl<T> Slab<T> {
         let (size, align) = (core::mem::size_of::<T>(), core::mem::align_of::<T>());
         // SAFETY: `name` is 'static and NUL-terminated.
         let c = unsafe { sys::dmsr_kmem_cache_create(name.as_char_ptr(), size, align) };
+        // INVARIANT: a cache just created with `T`'s size and alignment.
         NonNull::new(c)
             .map(|cache| Self {
                 cache,

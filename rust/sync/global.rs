@@ -7,6 +7,11 @@ use core::sync::atomic::{AtomicPtr, Ordering};
 use kernel::prelude::*;
 
 /// Holds one `T` for the module's lifetime.
+///
+/// # Invariants
+///
+/// The pointer is null or a pinned `T` from [`Global::install`]'s
+/// `KBox::into_raw`, valid and never moved until [`Global::uninstall`].
 pub struct Global<T>(AtomicPtr<T>);
 
 // SAFETY: hands out shared references only, to any thread: `T: Sync`; the

@@ -177,6 +177,7 @@ impl<P: PendingData> PendingTable<P> {
     /// (`GFP_NOIO`): may sleep, never fails. Call with no bucket lock held.
     pub fn alloc(&self, old: Chunk, ctx: P::Ctx, data: P) -> PendingBox<P> {
         self.inner.count.fetch_add(1, Ordering::AcqRel);
+        // INVARIANT: a fresh entry of the pool, counted above.
         PendingBox(self.inner.pool.alloc(self.entry(old, ctx, data)))
     }
 
@@ -188,6 +189,7 @@ impl<P: PendingData> PendingTable<P> {
         if e.is_none() {
             self.inner.count.fetch_sub(1, Ordering::AcqRel);
         }
+        // INVARIANT: a fresh entry of the pool, counted above.
         e.map(PendingBox)
     }
 
@@ -213,6 +215,12 @@ impl<P: PendingData> Drop for PendingTable<P> {
 
 /// A pending exception of a [`PendingTable`] in no table: its owner may
 /// read and change it; freed to the pool on drop.
+///
+/// # Invariants
+///
+/// The pointer is an initialized entry from its table's pool, linked in no
+/// bucket and reachable through no other handle; its table's count of
+/// entries in use includes it, so the table and its pool outlive it.
 pub struct PendingBox<P: PendingData>(NonNull<Entry<P>>);
 
 // SAFETY: owns its entry; `P: Send`.
@@ -280,6 +288,13 @@ impl<P: PendingData> Drop for PendingBox<P> {
 /// again ([`ChunkBuckets::pending_remove`]). Its chunks are readable
 /// without a lock (they never change in the table); its data only through
 /// the locked bucket. Dropping one leaks the entry (it stays in the table).
+///
+/// # Invariants
+///
+/// The pointer is an initialized entry linked in a bucket of its table, and
+/// this is the one handle that can unlink it (while a kcopyd job or an
+/// [`Order`] holds it as a raw pointer, no `Ticket` to it exists); its
+/// table's count of entries in use includes it.
 pub struct Ticket<P: PendingData>(NonNull<Entry<P>>);
 
 // SAFETY: only a handle; the entry is `Send` for `P: Send`.
@@ -390,6 +405,7 @@ unsafe impl<P: PendingData> JobPtr for Ticket<P> {
     }
     unsafe fn from_raw(p: *mut c_void) -> Self {
         // SAFETY: `p` came from `into_raw` (caller), so it is not null.
+        // INVARIANT: the handle `into_raw` gave up comes back.
         Ticket(unsafe { NonNull::new_unchecked(p.cast()) })
     }
 }
@@ -471,6 +487,7 @@ impl<'a, P: PendingData> ChunkBuckets<'a, P> {
         // removed, which needs the ticket we return. No merging in a
         // pending table: nothing comes back.
         let _ = unsafe { self.pair.pending_mut().insert(e.cast()) };
+        // INVARIANT: the box's entry, now linked here; the box is gone.
         Ok(Ticket(e))
     }
 
@@ -486,6 +503,7 @@ impl<'a, P: PendingData> ChunkBuckets<'a, P> {
             return Err(t);
         }
         let e = core::mem::ManuallyDrop::new(t).0;
+        // INVARIANT: unlinked just above; the ticket, its one handle, is gone.
         Ok(PendingBox(e))
     }
 }
@@ -579,6 +597,8 @@ impl<P: PendingData> Iterator for ReadyTickets<P> {
         // order now, and its ticket, held by the order since `finish`, comes
         // back.
         unsafe { (*e.as_ptr()).in_order.store(0, Ordering::Release) };
+        // INVARIANT: still linked in its table; the order gives its handle
+        // back.
         Some((Ticket(e), ok))
     }
 }
