@@ -408,9 +408,7 @@ impl Kcopyd {
     /// Call before anything the jobs' contexts use goes away. Sleeps.
     pub fn close(&self) {
         self.closed.store(true, Ordering::SeqCst);
-        while self.users.load(Ordering::SeqCst) != 0 {
-            super::fsleep_us(100);
-        }
+        super::poll_until(100, || self.users.load(Ordering::SeqCst) == 0);
         let c = self.client.swap(ptr::null_mut(), Ordering::SeqCst);
         if !c.is_null() {
             // SAFETY: the client is live and no one can submit to it any

@@ -32,6 +32,17 @@ pub fn fsleep_us(usecs: u64) {
     unsafe { crate::bindings::dmsr_fsleep(usecs as _) };
 }
 
+/// Sleeps in steps of `step_us` microseconds until `done()` holds:
+/// upstream's `msleep(1)` loops, for waits on in-flight work that signals
+/// no one (the end of a merge, a table's last pending exception, a tracked
+/// read, a kcopyd submission). Never call it with a spinlock or bucket
+/// lock held.
+pub fn poll_until(step_us: u64, mut done: impl FnMut() -> bool) {
+    while !done() {
+        fsleep_us(step_us);
+    }
+}
+
 /// Lets the scheduler run others if it wants to (`cond_resched`): for
 /// long loops in process context with no lock held. Sleeps.
 pub fn cond_resched() {

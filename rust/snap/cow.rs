@@ -308,9 +308,7 @@ impl Snap {
             }
             self.reg.unregister(self);
         }
-        while self.pending.in_use() != 0 {
-            crate::dm::fsleep_us(1000);
-        }
+        crate::dm::poll_until(1000, || self.pending.in_use() == 0);
         self.kcopyd.close();
     }
 

@@ -38,9 +38,7 @@ impl Snap {
     /// flight finishes first. Sleeps.
     pub(crate) fn stop_merge(&self) {
         self.merge_stop.store(true, Ordering::Release);
-        while self.merge_running.load(Ordering::Acquire) {
-            crate::dm::fsleep_us(1000);
-        }
+        crate::dm::poll_until(1000, || !self.merge_running.load(Ordering::Acquire));
         self.merge_stop.store(false, Ordering::Release);
     }
 

@@ -88,8 +88,6 @@ impl Snap {
     /// Sleeps until no tracked read of `chunk`'s slot is left
     /// (`__check_for_conflicting_io`). No lock may be held.
     pub(super) fn wait_for_tracked(&self, chunk: Chunk) {
-        while self.tracking.busy(chunk) {
-            crate::dm::fsleep_us(1000);
-        }
+        crate::dm::poll_until(1000, || !self.tracking.busy(chunk));
     }
 }

@@ -207,9 +207,7 @@ impl<P: PendingData> PendingTable<P> {
 impl<P: PendingData> Drop for PendingTable<P> {
     fn drop(&mut self) {
         // Entries point at `inner`: it must outlive them.
-        while self.in_use() != 0 {
-            crate::dm::fsleep_us(1000);
-        }
+        crate::dm::poll_until(1000, || self.in_use() == 0);
     }
 }
 
