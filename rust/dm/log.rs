@@ -60,60 +60,43 @@ pub fn log(prefix: Prefix, level: Level, args: fmt::Arguments<'_>) {
     unsafe { kernel::print::call_printk(fmt, prefix.bytes(), args) };
 }
 
+/// The body of [`dm_err!`](crate::dm_err), [`dm_warn!`](crate::dm_warn)
+/// and [`dm_info!`](crate::dm_info): a level, then an optional
+/// `persistent;`, then the format arguments.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __dm_log {
+    ($level:ident, persistent; $($arg:tt)+) => {
+        $crate::dm::log::log(
+            $crate::dm::log::Prefix::Persistent,
+            $crate::dm::log::Level::$level,
+            format_args!($($arg)+),
+        )
+    };
+    ($level:ident, $($arg:tt)+) => {
+        $crate::dm::log::log(
+            $crate::dm::log::Prefix::Snapshots,
+            $crate::dm::log::Level::$level,
+            format_args!($($arg)+),
+        )
+    };
+}
+
 /// `DMERR`: `device-mapper: snapshots: <message>` at `KERN_ERR`; with a
 /// leading `persistent;`, `device-mapper: persistent snapshot: <message>`.
 #[macro_export]
 macro_rules! dm_err {
-    (persistent; $($arg:tt)+) => {
-        $crate::dm::log::log(
-            $crate::dm::log::Prefix::Persistent,
-            $crate::dm::log::Level::Err,
-            format_args!($($arg)+),
-        )
-    };
-    ($($arg:tt)+) => {
-        $crate::dm::log::log(
-            $crate::dm::log::Prefix::Snapshots,
-            $crate::dm::log::Level::Err,
-            format_args!($($arg)+),
-        )
-    };
+    ($($arg:tt)+) => { $crate::__dm_log!(Err, $($arg)+) };
 }
 
 /// `DMWARN`: as [`dm_err!`](crate::dm_err), at `KERN_WARNING`.
 #[macro_export]
 macro_rules! dm_warn {
-    (persistent; $($arg:tt)+) => {
-        $crate::dm::log::log(
-            $crate::dm::log::Prefix::Persistent,
-            $crate::dm::log::Level::Warn,
-            format_args!($($arg)+),
-        )
-    };
-    ($($arg:tt)+) => {
-        $crate::dm::log::log(
-            $crate::dm::log::Prefix::Snapshots,
-            $crate::dm::log::Level::Warn,
-            format_args!($($arg)+),
-        )
-    };
+    ($($arg:tt)+) => { $crate::__dm_log!(Warn, $($arg)+) };
 }
 
 /// `DMINFO`: as [`dm_err!`](crate::dm_err), at `KERN_INFO`.
 #[macro_export]
 macro_rules! dm_info {
-    (persistent; $($arg:tt)+) => {
-        $crate::dm::log::log(
-            $crate::dm::log::Prefix::Persistent,
-            $crate::dm::log::Level::Info,
-            format_args!($($arg)+),
-        )
-    };
-    ($($arg:tt)+) => {
-        $crate::dm::log::log(
-            $crate::dm::log::Prefix::Snapshots,
-            $crate::dm::log::Level::Info,
-            format_args!($($arg)+),
-        )
-    };
+    ($($arg:tt)+) => { $crate::__dm_log!(Info, $($arg)+) };
 }
